@@ -1,0 +1,218 @@
+//! The embedded broker: librdkafka's mock cluster behind a fixed address.
+//!
+//! The mock cluster speaks the real Kafka protocol, so any Kafka client (kcat,
+//! Python, Java) can use it, but it binds its broker to a random loopback port and
+//! advertises that port in metadata. Clients need a stable bootstrap address, so a
+//! small TCP forwarder listens on the requested address and relays to the mock
+//! broker; after bootstrap, clients follow the advertised `127.0.0.1:<port>`, which
+//! is why the embedded broker serves clients on this machine only.
+//!
+//! Limits (librdkafka's, not ours): data is in memory only; a partition keeps at
+//! most about 5 MiB or 100k batches and evicts older data; there is no CreateTopics
+//! API (topics are created here at start, or auto-created on first metadata request).
+//! It is for development and tests, not production.
+
+use crate::error::Error;
+use rdkafka::mocking::MockCluster;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A topic the broker creates at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+}
+
+impl std::str::FromStr for TopicSpec {
+    type Err = String;
+    /// Parses `NAME` or `NAME:PARTITIONS`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, partitions) = match s.rsplit_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{p}` is not a partition count in `{s}`"))?,
+            ),
+            None => (s, 0),
+        };
+        if name.is_empty() {
+            return Err(format!("empty topic name in `{s}`"));
+        }
+        Ok(TopicSpec {
+            name: name.to_string(),
+            partitions,
+        })
+    }
+}
+
+enum Command {
+    CreateTopic(TopicSpec, mpsc::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// A running embedded broker. Dropping it stops the broker.
+pub struct EmbeddedBroker {
+    listen: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    forwarder: CancellationToken,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-node mock cluster with `topics` (partition count 0 means
+    /// `default_partitions`) and a forwarder listening on `listen` (port 0 picks one).
+    pub async fn start(
+        listen: SocketAddr,
+        topics: &[TopicSpec],
+        default_partitions: i32,
+    ) -> Result<EmbeddedBroker, Error> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Broker(format!("cannot listen on {listen}: {e}")))?;
+        let listen = listener
+            .local_addr()
+            .map_err(|e| Error::Broker(e.to_string()))?;
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let topics: Vec<TopicSpec> = topics
+            .iter()
+            .map(|t| TopicSpec {
+                name: t.name.clone(),
+                partitions: if t.partitions > 0 {
+                    t.partitions
+                } else {
+                    default_partitions
+                },
+            })
+            .collect();
+        // MockCluster is !Send: it lives and dies on this thread.
+        let thread = std::thread::Builder::new()
+            .name("sluice-broker".into())
+            .spawn(move || serve(topics, ready_tx, rx))
+            .map_err(|e| Error::Broker(e.to_string()))?;
+        let upstream = ready_rx
+            .recv()
+            .map_err(|_| Error::Broker("mock cluster thread died".into()))?
+            .map_err(Error::Broker)?;
+        let forwarder = CancellationToken::new();
+        tokio::spawn(forward(listener, upstream, forwarder.clone()));
+        Ok(EmbeddedBroker {
+            listen,
+            commands: tx,
+            thread: Some(thread),
+            forwarder,
+        })
+    }
+
+    /// The bootstrap address clients should use.
+    pub fn bootstrap(&self) -> String {
+        self.listen.to_string()
+    }
+
+    /// Creates a topic (an existing one is left as it is).
+    pub fn create_topic(&self, spec: TopicSpec) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::CreateTopic(spec, tx))
+            .map_err(|_| Error::Broker("broker stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Broker("broker stopped".into()))?
+            .map_err(Error::Broker)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.forwarder.cancel();
+        let _ = self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    topics: Vec<TopicSpec>,
+    ready: mpsc::Sender<Result<String, String>>,
+    commands: mpsc::Receiver<Command>,
+) {
+    let cluster = match MockCluster::new(1) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("mock cluster: {e}")));
+            return;
+        }
+    };
+    for t in &topics {
+        if let Err(e) = cluster.create_topic(&t.name, t.partitions, 1) {
+            let _ = ready.send(Err(format!("creating topic {}: {e}", t.name)));
+            return;
+        }
+    }
+    let _ = ready.send(Ok(cluster.bootstrap_servers()));
+    while let Ok(cmd) = commands.recv() {
+        match cmd {
+            Command::CreateTopic(t, reply) => {
+                let _ = reply.send(
+                    cluster
+                        .create_topic(&t.name, t.partitions.max(1), 1)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            Command::Stop => break,
+        }
+    }
+}
+
+async fn forward(listener: TcpListener, upstream: String, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut client, _)) = accepted else {
+            continue;
+        };
+        let upstream = upstream.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_specs_parse() {
+        assert_eq!(
+            "a.b:3".parse::<TopicSpec>().unwrap(),
+            TopicSpec {
+                name: "a.b".into(),
+                partitions: 3
+            }
+        );
+        assert_eq!("a".parse::<TopicSpec>().unwrap().partitions, 0);
+        assert!("a:x".parse::<TopicSpec>().is_err());
+        assert!("a:0".parse::<TopicSpec>().is_err());
+        assert!(":3".parse::<TopicSpec>().is_err());
+    }
+}

@@ -1,0 +1,418 @@
+//! Configuration: defaults → TOML file → `SLUICE_…` environment → command-line flags.
+//!
+//! Every struct rejects unknown fields, so a misspelt key is an error at start-up
+//! naming the key instead of a silently ignored setting. Environment variables use
+//! `__` between levels: `SLUICE_WORKER__CONCURRENCY=8` sets `worker.concurrency`.
+//! Only variables with a `__` are read here; flat ones such as `SLUICE_BROKERS`
+//! belong to command-line flags. The defaults live in the `Default` impls below and
+//! nowhere else; `config/sluice.toml` shows them all with comments.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Everything a Sluice process can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How to reach the Kafka cluster.
+    pub kafka: KafkaConfig,
+    /// Topic names and how to create them.
+    pub topics: TopicsConfig,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// Producer settings.
+    pub producer: ProducerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Connection to the cluster.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`. Default `127.0.0.1:9092`, the
+    /// address `sluice broker` listens on.
+    pub brokers: String,
+    /// How long to wait for the cluster before reporting it unreachable.
+    pub connect_timeout_ms: u64,
+    /// Raw librdkafka properties, applied after everything Sluice sets, so they win.
+    /// Values are secret-safe: they are never logged.
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            connect_timeout_ms: 10_000,
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    // librdkafka options may hold passwords (sasl.password, ssl.key.password): show keys only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field(
+                "librdkafka_options",
+                &self.librdkafka_options.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Topic names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Where tasks are published and consumed.
+    pub tasks: String,
+    /// Where every task's outcome is published.
+    pub results: String,
+    /// Partitions for topics Sluice creates (brokers with a CreateTopics API).
+    pub partitions: i32,
+    /// Replication factor for topics Sluice creates; 1 suits a single-node broker.
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            tasks: "sluice.tasks".into(),
+            results: "sluice.results".into(),
+            partitions: 8,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// Per-key ordering guarantee of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Tasks with the same Kafka key run one after another in offset order; other
+    /// keys (and keyless tasks) run in parallel, even within one partition.
+    Key,
+    /// A partition's tasks run one at a time, in offset order.
+    Partition,
+    /// No ordering: any task may run beside any other.
+    None,
+}
+
+/// Consumer group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic protocol with the cooperative-sticky assignor.
+    Classic,
+    /// KIP-848: the broker assigns partitions; rebalances need no group-wide barrier.
+    Consumer,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Consumer group; workers in one group share the task partitions.
+    pub group: String,
+    /// Worker id written into results. Default: `<hostname>-<pid>`.
+    pub id: Option<String>,
+    /// Tasks that may run at once in this worker.
+    pub concurrency: usize,
+    /// Ordering guarantee.
+    pub ordering: Ordering,
+    /// Tasks read ahead of execution; past this the worker pauses its partitions and
+    /// keeps polling, so it never leaves the group because of slow tasks.
+    pub max_buffered_tasks: usize,
+    /// Largest task record value accepted, in bytes; larger ones fail without parsing.
+    pub max_task_bytes: usize,
+    /// How often stored offsets are committed.
+    pub commit_interval_ms: u64,
+    /// On SIGINT/SIGTERM, how long in-flight tasks may run before the worker leaves.
+    pub shutdown_timeout_ms: u64,
+    /// On partition revoke, how long in-flight tasks of those partitions may finish.
+    pub drain_timeout_ms: u64,
+    /// Group session timeout (classic protocol only).
+    pub session_timeout_ms: u64,
+    /// Group protocol.
+    pub group_protocol: GroupProtocol,
+    /// External-process handlers by kind.
+    pub handlers: BTreeMap<String, ExternalHandlerConfig>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            group: "sluice-workers".into(),
+            id: None,
+            concurrency: 16,
+            ordering: Ordering::Key,
+            max_buffered_tasks: 1024,
+            max_task_bytes: 1 << 20,
+            commit_interval_ms: 1_000,
+            shutdown_timeout_ms: 30_000,
+            drain_timeout_ms: 10_000,
+            session_timeout_ms: 45_000,
+            group_protocol: GroupProtocol::Classic,
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+/// A kind served by running a program: payload on stdin, output from stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalHandlerConfig {
+    /// Program to run (looked up on `PATH` when it has no `/`).
+    pub command: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many bytes of stderr to keep as the error of a failed run.
+    #[serde(default = "default_stderr_tail_bytes")]
+    pub stderr_tail_bytes: usize,
+}
+
+fn default_stderr_tail_bytes() -> usize {
+    2048
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Batching delay; higher trades latency for throughput.
+    pub linger_ms: u64,
+    /// Idempotent producer: no duplicates or reordering from producer retries.
+    pub idempotence: bool,
+    /// How long a record may wait for delivery before it is reported failed.
+    pub delivery_timeout_ms: u64,
+    /// Largest task accepted for publishing, in bytes of its JSON value.
+    pub max_task_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            linger_ms: 5,
+            idempotence: true,
+            delivery_timeout_ms: 30_000,
+            max_task_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax, e.g. `info` or `sluice_worker=debug,info`.
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the source and field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then `SLUICE_…__…` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let nested: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SLUICE_") && k.contains("__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("SLUICE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(nested)),
+        );
+        let cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
+        if self.kafka.brokers.trim().is_empty() {
+            return fail("kafka.brokers", "must name at least one host:port");
+        }
+        if self.topics.tasks.is_empty() || self.topics.results.is_empty() {
+            return fail("topics", "topic names must not be empty");
+        }
+        if self.topics.tasks == self.topics.results {
+            return fail(
+                "topics.results",
+                "must differ from topics.tasks (results would be consumed as tasks)",
+            );
+        }
+        if self.topics.partitions < 1 {
+            return fail("topics.partitions", "must be at least 1");
+        }
+        if self.worker.concurrency == 0 {
+            return fail("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.max_buffered_tasks < self.worker.concurrency {
+            return fail(
+                "worker.max_buffered_tasks",
+                "must be at least worker.concurrency",
+            );
+        }
+        if self.worker.group.is_empty() {
+            return fail("worker.group", "must not be empty");
+        }
+        for (kind, h) in &self.worker.handlers {
+            if h.command.is_empty() {
+                return fail(&format!("worker.handlers.{kind}.command"), "must not be empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn toml(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_load_without_sources() {
+        assert_eq!(Config::load(None, vec![]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let f = toml("[worker]\nconcurrency = 3\ngroup = \"g\"\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[("SLUICE_WORKER__CONCURRENCY", "5"), ("SLUICE_BROKERS", "x:1")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.worker.concurrency, 5);
+        assert_eq!(cfg.worker.group, "g");
+        assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092", "flat vars are for flags");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let f = toml("[worker]\nconcurency = 3\n");
+        let e = Config::load(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(e.contains("concurency"), "{e}");
+        let e = Config::load(None, env(&[("SLUICE_WORKER__NOPE", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_errors() {
+        let f = toml("[worker]\nconcurrency = \"many\"\n");
+        assert!(Config::load(Some(f.path()), vec![]).is_err());
+        let e = Config::load(None, env(&[("SLUICE_WORKER__CONCURRENCY", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker.concurrency"), "{e}");
+        let e = Config::load(Some(Path::new("/no/such.toml")), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn librdkafka_options_pass_through_and_stay_out_of_debug() {
+        let f = toml("[kafka.librdkafka_options]\n\"sasl.password\" = \"hunter2\"\n");
+        let cfg = Config::load(Some(f.path()), vec![]).unwrap();
+        assert_eq!(cfg.kafka.librdkafka_options["sasl.password"], "hunter2");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn external_handlers_parse() {
+        let f = toml("[worker.handlers.wc]\ncommand = \"wc\"\nargs = [\"-w\"]\n");
+        let cfg = Config::load(Some(f.path()), vec![]).unwrap();
+        assert_eq!(cfg.worker.handlers["wc"].args, vec!["-w"]);
+        assert_eq!(cfg.worker.handlers["wc"].stderr_tail_bytes, 2048);
+    }
+
+    #[test]
+    fn every_example_config_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path), vec![])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "expected example configs in {}", dir.display());
+    }
+}

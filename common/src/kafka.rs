@@ -1,0 +1,223 @@
+//! The one place that builds Kafka clients.
+//!
+//! Every librdkafka property Sluice sets is set here, per client role, and the
+//! user's raw `kafka.librdkafka_options` are applied last so they always win.
+//! Topic creation also lives here because brokers differ: Apache Kafka and Tansu
+//! accept CreateTopics; librdkafka's mock cluster (the embedded broker) does not, so
+//! there a metadata request with auto-creation stands in for it.
+
+use crate::config::{Config, GroupProtocol};
+use crate::error::Error;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, Producer};
+use std::time::Duration;
+
+/// Settings every client shares.
+fn base(cfg: &Config, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("client.id", client_id)
+        // Fail fast on addresses that do not resolve instead of retrying forever.
+        .set("socket.connection.setup.timeout.ms", "10000");
+    c
+}
+
+/// Applies the raw pass-through map; called last by every builder.
+fn finish(mut c: ClientConfig, cfg: &Config) -> ClientConfig {
+    for (k, v) in &cfg.kafka.librdkafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer of task or result records: idempotent when configured, delivery
+/// reports awaited by the caller.
+pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
+    let mut c = base(cfg, client_id);
+    c.set("enable.idempotence", cfg.producer.idempotence.to_string())
+        .set("linger.ms", cfg.producer.linger_ms.to_string())
+        .set("message.timeout.ms", cfg.producer.delivery_timeout_ms.to_string())
+        .set("allow.auto.create.topics", "true");
+    finish(c, cfg)
+}
+
+/// A worker's group consumer. At-least-once: offsets are stored by the worker only
+/// when a task's result is durable, and auto-commit commits only stored offsets.
+pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
+    let w = &cfg.worker;
+    let mut c = base(cfg, client_id);
+    c.set("group.id", &w.group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", w.commit_interval_ms.to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    match w.group_protocol {
+        GroupProtocol::Classic => {
+            c.set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", w.session_timeout_ms.to_string())
+                .set(
+                    "heartbeat.interval.ms",
+                    (w.session_timeout_ms / 10).max(100).to_string(),
+                );
+        }
+        // KIP-848 rejects the classic assignment and session settings.
+        GroupProtocol::Consumer => {
+            c.set("group.protocol", "consumer");
+        }
+    }
+    finish(c, cfg)
+}
+
+/// A consumer that reads topics by explicit assignment, outside any group, and
+/// never commits: for `sluice results` and tools.
+pub fn reader_config(cfg: &Config, client_id: &str) -> ClientConfig {
+    let mut c = base(cfg, client_id);
+    c.set("group.id", format!("{client_id}-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
+    finish(c, cfg)
+}
+
+/// A consumer for group metadata and offset queries (no subscription).
+pub fn admin_consumer_config(cfg: &Config, group: &str, client_id: &str) -> ClientConfig {
+    let mut c = base(cfg, client_id);
+    c.set("group.id", group).set("enable.auto.commit", "false");
+    finish(c, cfg)
+}
+
+/// Builds a producer.
+pub fn producer(cfg: &Config, client_id: &str) -> Result<FutureProducer, Error> {
+    producer_config(cfg, client_id)
+        .create()
+        .map_err(Error::client)
+}
+
+/// Waits until the cluster answers a metadata request, or says which address failed.
+pub fn wait_reachable<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    cfg: &Config,
+) -> Result<(), Error> {
+    let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+    client
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .map_err(|e| Error::Unreachable {
+            brokers: cfg.kafka.brokers.clone(),
+            waited_ms: cfg.kafka.connect_timeout_ms,
+            cause: e.to_string(),
+        })
+}
+
+/// Partition count of `topic`, or `None` when the topic does not exist.
+pub fn partition_count<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, Error> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(Error::client)?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// Makes sure `topics` exist, creating missing ones with `topics.partitions`
+/// partitions. Returns each topic's partition count.
+pub async fn ensure_topics(cfg: &Config, topics: &[&str]) -> Result<Vec<(String, i32)>, Error> {
+    let probe: BaseConsumer = admin_consumer_config(cfg, "sluice-admin", "sluice-admin")
+        .create()
+        .map_err(Error::client)?;
+    wait_reachable(probe.client(), cfg)?;
+    let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+    let mut missing = Vec::new();
+    for t in topics {
+        if partition_count(probe.client(), t, timeout)?.is_none() {
+            missing.push(*t);
+        }
+    }
+    if !missing.is_empty() {
+        create_topics(cfg, &missing).await?;
+    }
+    let mut out = Vec::new();
+    for t in topics {
+        // A freshly created topic can take a moment to show in metadata.
+        let mut count = None;
+        for _ in 0..50 {
+            count = partition_count(probe.client(), t, timeout)?;
+            if count.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let n = count.ok_or_else(|| Error::Topic {
+            topic: t.to_string(),
+            cause: "it does not exist and could not be created".into(),
+        })?;
+        out.push((t.to_string(), n));
+    }
+    Ok(out)
+}
+
+async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = finish(base(cfg, "sluice-admin"), cfg)
+        .create()
+        .map_err(Error::client)?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                cfg.topics.partitions,
+                TopicReplication::Fixed(cfg.topics.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let unsupported = match admin.create_topics(&new, &opts).await {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(Error::Topic {
+                            topic,
+                            cause: format!("CreateTopics failed: {code}"),
+                        })
+                    }
+                }
+            }
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "CreateTopics unavailable; using auto-creation");
+            true
+        }
+    };
+    if unsupported {
+        // The mock cluster has no CreateTopics but creates topics named in a
+        // producer's metadata request.
+        let p: FutureProducer = producer(cfg, "sluice-admin")?;
+        for t in topics {
+            let _ = p
+                .client()
+                .fetch_metadata(Some(t), Duration::from_millis(cfg.kafka.connect_timeout_ms));
+        }
+    }
+    Ok(())
+}
+
+/// Context for consumers that need no callbacks.
+pub struct QuietContext;
+impl ClientContext for QuietContext {}
+impl ConsumerContext for QuietContext {}

@@ -1,0 +1,27 @@
+//! # sluice-common
+//!
+//! What every Sluice process shares: the wire format of tasks and results, the
+//! configuration model, the one module that builds Kafka clients, the embedded
+//! broker, shutdown signalling and logging setup.
+//!
+//! # Layout
+//! - [`task`]: wire format v1 — [`Task`], [`TaskResult`], [`Status`].
+//! - [`config`]: [`Config`] and its layered loading (defaults → TOML → env).
+//! - [`kafka`]: builds producers and consumers; creates topics.
+//! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
+//! - [`shutdown`]: the process-wide cancellation token.
+//! - [`telemetry`]: logging and the default worker id.
+//! - [`error`]: [`Error`].
+
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod shutdown;
+pub mod task;
+pub mod telemetry;
+
+pub use broker::{EmbeddedBroker, TopicSpec};
+pub use config::Config;
+pub use error::Error;
+pub use task::{Coordinates, JobRef, Status, Task, TaskResult};

@@ -1,0 +1,20 @@
+//! # sluice-producer
+//!
+//! Publishing tasks. A task is validated (shape and size) before it is sent, gets
+//! a unique id and a creation time, is placed on a partition by its key (the same
+//! partition the Java client would pick) or round-robin, and is reported sent only
+//! when Kafka acknowledged it. The producer is idempotent by default, so librdkafka's
+//! own retries never duplicate or reorder a task.
+//!
+//! # Layout
+//! - [`input`]: task input from JSON lines; [`Outgoing`] is a task with its key.
+//! - [`partitioner`]: murmur2 and round-robin partition choice.
+//! - [`publisher`]: [`Publisher`], which sends and awaits delivery reports.
+
+pub mod input;
+pub mod partitioner;
+pub mod publisher;
+
+pub use input::{Outgoing, InputError};
+pub use partitioner::Partitioner;
+pub use publisher::{Delivered, PublishError, Publisher};

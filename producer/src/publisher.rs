@@ -1,0 +1,132 @@
+//! The publisher: tasks onto a task topic, every delivery report awaited.
+
+use crate::input::{check_size, InputError, Outgoing};
+use crate::partitioner::Partitioner;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sluice_common::{kafka, Config};
+use std::future::Future;
+use std::time::Duration;
+
+/// Why a task was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The task itself is unacceptable; fix the input.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The partition asked for does not exist.
+    #[error("partition {partition} does not exist; topic {topic} has {partitions}")]
+    NoSuchPartition {
+        /// Topic.
+        topic: String,
+        /// Asked-for partition.
+        partition: i32,
+        /// Partitions the topic has.
+        partitions: i32,
+    },
+    /// Kafka did not acknowledge the record in time; it may be retried.
+    #[error("not delivered: {0}")]
+    Delivery(String),
+    /// Setting up the client failed.
+    #[error(transparent)]
+    Setup(#[from] sluice_common::Error),
+}
+
+/// Where a task landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Publishes tasks to one topic.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    partitioner: Partitioner,
+    max_task_bytes: usize,
+}
+
+impl Publisher {
+    /// Connects to the cluster and makes sure `topic` exists.
+    pub async fn connect(cfg: &Config, topic: &str) -> Result<Publisher, PublishError> {
+        let producer = kafka::producer(cfg, "sluice-producer")?;
+        kafka::wait_reachable(producer.client(), cfg)?;
+        let counts = kafka::ensure_topics(cfg, &[topic]).await?;
+        Ok(Publisher {
+            producer,
+            topic: topic.to_string(),
+            partitioner: Partitioner::new(counts[0].1),
+            max_task_bytes: cfg.producer.max_task_bytes,
+        })
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self) -> i32 {
+        self.partitioner.partitions()
+    }
+
+    /// Enqueues one task and returns a future that resolves with its delivery
+    /// report. Enqueueing waits (briefly) while librdkafka's queue is full.
+    pub async fn send(
+        &self,
+        out: &Outgoing,
+        partition: Option<i32>,
+    ) -> Result<impl Future<Output = Result<Delivered, PublishError>>, PublishError> {
+        let value = check_size(out, self.max_task_bytes)?;
+        let key = out.key.as_deref().map(str::as_bytes);
+        let partition = match partition {
+            Some(p) if p < 0 || p >= self.partitions() => {
+                return Err(PublishError::NoSuchPartition {
+                    topic: self.topic.clone(),
+                    partition: p,
+                    partitions: self.partitions(),
+                })
+            }
+            Some(p) => p,
+            None => self.partitioner.choose(key),
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(&value)
+            .partition(partition);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let delivery = loop {
+            match self.producer.send_result(record) {
+                Ok(d) => break d,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(PublishError::Delivery(e.to_string())),
+            }
+        };
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(d)) => Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((e, _))) => Err(PublishError::Delivery(e.to_string())),
+                Err(_) => Err(PublishError::Delivery("producer was shut down".into())),
+            }
+        })
+    }
+
+    /// Publishes one task and waits for its delivery.
+    pub async fn publish(
+        &self,
+        out: &Outgoing,
+        partition: Option<i32>,
+    ) -> Result<Delivered, PublishError> {
+        self.send(out, partition).await?.await
+    }
+
+    /// Waits for everything enqueued to be delivered or to fail.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
