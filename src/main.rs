@@ -1,1 +1,35 @@
-fn main() {}
+//! The `sluice` binary: parse flags, load configuration, start logging, run the
+//! subcommand, map errors to exit codes (1: the command failed, 2: bad usage or
+//! configuration).
+
+mod cli;
+mod commands;
+
+use clap::Parser;
+use sluice_common::{telemetry, Config};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let mut cfg = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cli.apply(&mut cfg);
+    if let Err(e) = cfg.validate() {
+        eprintln!("sluice: {e}");
+        return ExitCode::from(2);
+    }
+    telemetry::init(&cfg.log);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(commands::run(cli.command, cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

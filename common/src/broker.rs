@@ -69,14 +69,19 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-node mock cluster with `topics` (partition count 0 means
     /// `default_partitions`) and a forwarder listening on `listen` (port 0 picks one).
-    pub async fn start(
+    ///
+    /// The broker runs on its own thread with its own small runtime, so it keeps
+    /// serving even when the caller's runtime is busy or blocked.
+    pub fn start(
         listen: SocketAddr,
         topics: &[TopicSpec],
         default_partitions: i32,
     ) -> Result<EmbeddedBroker, Error> {
-        let listener = TcpListener::bind(listen)
-            .await
+        let listener = std::net::TcpListener::bind(listen)
             .map_err(|e| Error::Broker(format!("cannot listen on {listen}: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Broker(e.to_string()))?;
         let listen = listener
             .local_addr()
             .map_err(|e| Error::Broker(e.to_string()))?;
@@ -93,17 +98,17 @@ impl EmbeddedBroker {
                 },
             })
             .collect();
+        let forwarder = CancellationToken::new();
+        let stop = forwarder.clone();
         // MockCluster is !Send: it lives and dies on this thread.
         let thread = std::thread::Builder::new()
             .name("sluice-broker".into())
-            .spawn(move || serve(topics, ready_tx, rx))
+            .spawn(move || serve(topics, listener, stop, ready_tx, rx))
             .map_err(|e| Error::Broker(e.to_string()))?;
-        let upstream = ready_rx
+        ready_rx
             .recv()
             .map_err(|_| Error::Broker("mock cluster thread died".into()))?
             .map_err(Error::Broker)?;
-        let forwarder = CancellationToken::new();
-        tokio::spawn(forward(listener, upstream, forwarder.clone()));
         Ok(EmbeddedBroker {
             listen,
             commands: tx,
@@ -141,7 +146,9 @@ impl Drop for EmbeddedBroker {
 
 fn serve(
     topics: Vec<TopicSpec>,
-    ready: mpsc::Sender<Result<String, String>>,
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+    ready: mpsc::Sender<Result<(), String>>,
     commands: mpsc::Receiver<Command>,
 ) {
     let cluster = match MockCluster::new(1) {
@@ -157,7 +164,28 @@ fn serve(
             return;
         }
     }
-    let _ = ready.send(Ok(cluster.bootstrap_servers()));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("forwarder runtime: {e}")));
+            return;
+        }
+    };
+    let upstream = cluster.bootstrap_servers();
+    let forwarder = {
+        let _guard = runtime.enter();
+        match TcpListener::from_std(listener) {
+            Ok(l) => std::thread::spawn(move || runtime.block_on(forward(l, upstream, stop))),
+            Err(e) => {
+                let _ = ready.send(Err(format!("listener: {e}")));
+                return;
+            }
+        }
+    };
+    let _ = ready.send(Ok(()));
     while let Ok(cmd) = commands.recv() {
         match cmd {
             Command::CreateTopic(t, reply) => {
@@ -170,6 +198,7 @@ fn serve(
             Command::Stop => break,
         }
     }
+    let _ = forwarder.join();
 }
 
 async fn forward(listener: TcpListener, upstream: String, stop: CancellationToken) {

@@ -138,35 +138,43 @@ pub async fn ensure_topics(cfg: &Config, topics: &[&str]) -> Result<Vec<(String,
     let probe: BaseConsumer = admin_consumer_config(cfg, "sluice-admin", "sluice-admin")
         .create()
         .map_err(Error::client)?;
-    wait_reachable(probe.client(), cfg)?;
+    let probe = std::sync::Arc::new(probe);
     let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
-    let mut missing = Vec::new();
-    for t in topics {
-        if partition_count(probe.client(), t, timeout)?.is_none() {
-            missing.push(*t);
+    // librdkafka's metadata calls block: keep them off the async worker threads.
+    let counts = |topics: Vec<String>| {
+        let probe = probe.clone();
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_reachable(probe.client(), &cfg)?;
+            topics
+                .into_iter()
+                .map(|t| Ok((partition_count(probe.client(), &t, timeout)?, t)))
+                .collect::<Result<Vec<_>, Error>>()
+        })
+    };
+    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let first = counts(names.clone()).await.map_err(|e| Error::Client(e.to_string()))??;
+    let missing: Vec<&str> = first
+        .iter()
+        .filter(|(n, _)| n.is_none())
+        .map(|(_, t)| t.as_str())
+        .collect();
+    if missing.is_empty() {
+        return Ok(first.into_iter().map(|(n, t)| (t, n.unwrap_or(0))).collect());
+    }
+    create_topics(cfg, &missing).await?;
+    // A freshly created topic can take a moment to show in metadata.
+    for _ in 0..50 {
+        let now = counts(names.clone()).await.map_err(|e| Error::Client(e.to_string()))??;
+        if now.iter().all(|(n, _)| n.is_some()) {
+            return Ok(now.into_iter().map(|(n, t)| (t, n.unwrap_or(0))).collect());
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if !missing.is_empty() {
-        create_topics(cfg, &missing).await?;
-    }
-    let mut out = Vec::new();
-    for t in topics {
-        // A freshly created topic can take a moment to show in metadata.
-        let mut count = None;
-        for _ in 0..50 {
-            count = partition_count(probe.client(), t, timeout)?;
-            if count.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let n = count.ok_or_else(|| Error::Topic {
-            topic: t.to_string(),
-            cause: "it does not exist and could not be created".into(),
-        })?;
-        out.push((t.to_string(), n));
-    }
-    Ok(out)
+    Err(Error::Topic {
+        topic: missing.join(","),
+        cause: "it does not exist and could not be created".into(),
+    })
 }
 
 async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
@@ -208,11 +216,14 @@ async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
         // The mock cluster has no CreateTopics but creates topics named in a
         // producer's metadata request.
         let p: FutureProducer = producer(cfg, "sluice-admin")?;
-        for t in topics {
-            let _ = p
-                .client()
-                .fetch_metadata(Some(t), Duration::from_millis(cfg.kafka.connect_timeout_ms));
-        }
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in names {
+                let _ = p.client().fetch_metadata(Some(&t), timeout);
+            }
+        })
+        .await;
     }
     Ok(())
 }

@@ -10,11 +10,14 @@
 //! - [`input`]: task input from JSON lines; [`Outgoing`] is a task with its key.
 //! - [`partitioner`]: murmur2 and round-robin partition choice.
 //! - [`publisher`]: [`Publisher`], which sends and awaits delivery reports.
+//! - [`results`]: [`ResultReader`], which reads outcomes back.
 
 pub mod input;
 pub mod partitioner;
 pub mod publisher;
+pub mod results;
 
 pub use input::{Outgoing, InputError};
 pub use partitioner::Partitioner;
 pub use publisher::{Delivered, PublishError, Publisher};
+pub use results::{Next, ResultReader, Start};

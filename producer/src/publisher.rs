@@ -52,9 +52,8 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the cluster and makes sure `topic` exists.
     pub async fn connect(cfg: &Config, topic: &str) -> Result<Publisher, PublishError> {
-        let producer = kafka::producer(cfg, "sluice-producer")?;
-        kafka::wait_reachable(producer.client(), cfg)?;
         let counts = kafka::ensure_topics(cfg, &[topic]).await?;
+        let producer = kafka::producer(cfg, "sluice-producer")?;
         Ok(Publisher {
             producer,
             topic: topic.to_string(),

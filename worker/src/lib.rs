@@ -1,1 +1,46 @@
-//! placeholder
+//! # sluice-worker
+//!
+//! The worker framework. A worker joins a consumer group on the task topic, runs
+//! each task with the handler registered for its kind, and publishes exactly one
+//! result per task to the results topic.
+//!
+//! ## The guarantee: at-least-once, nothing silently dropped
+//! A task's offset is stored for commit only when its result is durable on the
+//! results topic *and* every earlier offset of its partition is too. A crash can
+//! therefore repeat tasks (those in flight or finished since the last commit) but
+//! never lose one. Records that are not tasks (not JSON, no `kind`, too large) and
+//! tasks of unknown kinds still get a `failed` result with a reason.
+//!
+//! ## The model
+//! One OS thread owns the Kafka consumer and never blocks on tasks
+//! ([`consumer`](crate::consumer)); records flow to ordering lanes ([`lanes`](crate::lanes))
+//! which run them under a concurrency limit ([`execute`](crate::execute)); completions
+//! flow back to the poll thread, whose [`tracker`] decides what may be committed.
+//! When too many tasks are buffered the poll thread pauses its partitions but keeps
+//! polling, so slow tasks never push a worker out of its group.
+//!
+//! # Layout
+//! - [`handler`]: the [`Handler`] trait, [`HandlerError`], the [`Registry`].
+//! - [`builtin`]: built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).
+//! - [`external`]: kinds served by external programs.
+//! - [`tracker`]: the offset tracker.
+//! - `consumer`: the poll thread and rebalance handling.
+//! - `lanes`: ordering modes and the concurrency limit.
+//! - `execute`: one task from record to durable result.
+//! - `results`: result publishing with retries.
+//! - [`worker`]: [`run`], the supervisor.
+
+pub mod builtin;
+mod consumer;
+mod execute;
+pub mod external;
+pub mod handler;
+mod lanes;
+mod results;
+pub mod tracker;
+pub mod worker;
+
+pub use builtin::builtin;
+pub use execute::Counters;
+pub use handler::{handler_fn, Handler, HandlerError, Registry, TaskContext};
+pub use worker::{run, with_external_handlers, Summary, WorkerError};

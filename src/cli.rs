@@ -1,0 +1,241 @@
+//! Command-line interface: flags, and how they override the loaded configuration.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_common::config::{GroupProtocol, LogFormat, Ordering};
+use sluice_common::{Config, TopicSpec};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Sluice: publish tasks to Kafka, run them in worker groups, read every outcome.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file (see config/sluice.toml).
+    #[arg(long, short = 'c', global = true, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers, host:port[,host:port…] (overrides kafka.brokers).
+    #[arg(long, short = 'b', global = true, env = "SLUICE_BROKERS")]
+    pub brokers: Option<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an embedded Kafka-protocol broker (in memory; for development and tests).
+    Broker(BrokerArgs),
+    /// Join a worker group and run tasks.
+    Worker(WorkerArgs),
+    /// Publish tasks.
+    Produce(ProduceArgs),
+    /// Read task results.
+    Results(ResultsArgs),
+    /// Start a broker and workers, run a demo workload, print a summary.
+    Dev(DevArgs),
+}
+
+/// `sluice broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Address to accept clients on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// Partitions of the topics created at start.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Extra topic to create, NAME or NAME:PARTITIONS (repeatable).
+    #[arg(long = "topic")]
+    pub topics: Vec<TopicSpec>,
+}
+
+/// `sluice worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Consumer group (overrides worker.group).
+    #[arg(long, short = 'g')]
+    pub group: Option<String>,
+    /// Tasks run at once (overrides worker.concurrency).
+    #[arg(long, short = 'j')]
+    pub concurrency: Option<usize>,
+    /// Ordering guarantee (overrides worker.ordering).
+    #[arg(long, value_enum)]
+    pub ordering: Option<OrderingArg>,
+    /// Worker id written into results (default: hostname-pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Task topic (overrides topics.tasks).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+    /// Results topic (overrides topics.results).
+    #[arg(long)]
+    pub results_topic: Option<String>,
+    /// Group protocol (overrides worker.group_protocol).
+    #[arg(long, value_enum)]
+    pub group_protocol: Option<GroupProtocolArg>,
+}
+
+/// `sluice produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Task kind (one task from flags).
+    #[arg(long, short = 'k', required_unless_present = "file", conflicts_with = "file")]
+    pub kind: Option<String>,
+    /// Task payload, JSON.
+    #[arg(long, short = 'p', default_value = "null")]
+    pub payload: String,
+    /// Kafka key: tasks with one key run in order.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Task id (default: a new unique id; with --count, a suffix -N is added).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Publish this many copies.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub count: u64,
+    /// Read tasks as JSON lines from PATH, or `-` for stdin.
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Publish to this partition instead of choosing by key.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Task topic (overrides topics.tasks).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+    /// Print every task id, also for large batches.
+    #[arg(long)]
+    pub ids: bool,
+}
+
+/// Output format of `sluice results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultsFormat {
+    /// One JSON object per line.
+    Json,
+    /// A compact table.
+    Table,
+}
+
+/// `sluice results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Keep reading new results (otherwise stop at the end of the topic).
+    #[arg(long, short = 'F')]
+    pub follow: bool,
+    /// Only show results of this task id (repeatable); waits until each arrived.
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Exit once results for N distinct tasks have been read.
+    #[arg(long)]
+    pub wait: Option<usize>,
+    /// With --wait or --id: give up (exit 1) after this many milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub timeout_ms: u64,
+    /// Output format (default: table on a terminal, JSON lines otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<ResultsFormat>,
+    /// Results topic (overrides topics.results).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+    /// Start at the end of the topic: only results published from now on.
+    #[arg(long)]
+    pub new_only: bool,
+}
+
+/// `sluice dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Workers to start.
+    #[arg(long, short = 'w', default_value_t = 3)]
+    pub workers: usize,
+    /// Demo tasks to publish.
+    #[arg(long, short = 'n', default_value_t = 3000)]
+    pub tasks: usize,
+    /// Partitions of the task topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Concurrency of each worker.
+    #[arg(long, short = 'j', default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+/// `--ordering`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OrderingArg {
+    /// Same key in order, different keys in parallel.
+    Key,
+    /// One task at a time per partition.
+    Partition,
+    /// No ordering.
+    None,
+}
+
+/// `--group-protocol`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GroupProtocolArg {
+    /// Classic protocol, cooperative-sticky assignor.
+    Classic,
+    /// KIP-848 consumer protocol.
+    Consumer,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+impl Cli {
+    /// Applies flags over the loaded configuration.
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(b) = &self.brokers {
+            cfg.kafka.brokers = b.clone();
+        }
+        if let Some(f) = self.log_format {
+            cfg.log.format = match f {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            };
+        }
+        match &self.command {
+            Command::Worker(w) => {
+                set(&mut cfg.worker.group, &w.group);
+                set(&mut cfg.worker.concurrency, &w.concurrency);
+                if w.id.is_some() {
+                    cfg.worker.id = w.id.clone();
+                }
+                set(&mut cfg.topics.tasks, &w.topic);
+                set(&mut cfg.topics.results, &w.results_topic);
+                if let Some(o) = w.ordering {
+                    cfg.worker.ordering = match o {
+                        OrderingArg::Key => Ordering::Key,
+                        OrderingArg::Partition => Ordering::Partition,
+                        OrderingArg::None => Ordering::None,
+                    };
+                }
+                if let Some(p) = w.group_protocol {
+                    cfg.worker.group_protocol = match p {
+                        GroupProtocolArg::Classic => GroupProtocol::Classic,
+                        GroupProtocolArg::Consumer => GroupProtocol::Consumer,
+                    };
+                }
+            }
+            Command::Produce(p) => set(&mut cfg.topics.tasks, &p.topic),
+            Command::Results(r) => set(&mut cfg.topics.results, &r.topic),
+            Command::Broker(_) | Command::Dev(_) => {}
+        }
+    }
+}
+
+fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *field = v.clone();
+    }
+}

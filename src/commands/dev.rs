@@ -1,0 +1,213 @@
+//! `sluice dev`: the whole pipeline in one process, on the embedded broker.
+//!
+//! Starts the broker and a group of workers (each a real group member with its own
+//! consumer), publishes a mixed demo workload, reads every result back and prints
+//! a summary. Exits 0 only when every published task has exactly one result.
+
+use crate::cli::DevArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sluice_common::config::GroupProtocol;
+use sluice_common::task::now_ms;
+use sluice_common::{shutdown, Config, EmbeddedBroker, Status, Task, TopicSpec};
+use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How long to wait for the last result before declaring tasks missing.
+const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to keep reading after the last expected result, to catch duplicates.
+const DUPLICATE_WATCH: Duration = Duration::from_secs(1);
+
+pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    let topics = [
+        TopicSpec { name: cfg.topics.tasks.clone(), partitions: args.partitions },
+        TopicSpec { name: cfg.topics.results.clone(), partitions: args.partitions },
+    ];
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let broker = EmbeddedBroker::start(any_port, &topics, args.partitions)?;
+    cfg.kafka.brokers = broker.bootstrap();
+    cfg.worker.group = "sluice-dev".into();
+    cfg.worker.concurrency = args.concurrency;
+    cfg.worker.max_buffered_tasks = cfg.worker.max_buffered_tasks.max(args.concurrency);
+    // KIP-848: members join without a group-wide barrier, so startup is quick.
+    cfg.worker.group_protocol = GroupProtocol::Consumer;
+    eprintln!(
+        "embedded broker on {}; starting {} workers (concurrency {} each) on {} partitions",
+        broker.bootstrap(),
+        args.workers,
+        args.concurrency,
+        args.partitions
+    );
+
+    let stop = shutdown::on_signals();
+    let workers = stop.child_token();
+    let mut handles = Vec::new();
+    for i in 1..=args.workers {
+        let mut c = cfg.clone();
+        c.worker.id = Some(format!("dev-worker-{i}"));
+        handles.push(tokio::spawn(sluice_worker::run(c, sluice_worker::builtin(), workers.clone())));
+    }
+
+    let mut reader = ResultReader::open(&cfg, Start::Beginning).await?;
+    let publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
+    let workload = demo_workload(args.tasks);
+    let expected: HashMap<String, &'static str> = workload.iter().map(|(o, _)| (o.id().to_string(), "")).collect();
+
+    let started = Instant::now();
+    let bar = progress(args.tasks as u64, "publishing");
+    let mut pending = Vec::with_capacity(workload.len());
+    for (out, _) in &workload {
+        pending.push(publisher.send(out, None).await?);
+    }
+    for p in pending {
+        p.await?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let published_in = started.elapsed();
+    eprintln!("published {} tasks in {:.2}s", workload.len(), published_in.as_secs_f64());
+
+    let bar = progress(args.tasks as u64, "results   ");
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    let mut by_status: BTreeMap<Status, u64> = BTreeMap::new();
+    let mut by_worker: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut latencies_ms: Vec<u64> = Vec::new();
+    let mut unexpected = 0u64;
+    let mut last_result = started;
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    let mut complete_at: Option<Instant> = None;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let now = Instant::now();
+        if complete_at.is_some_and(|t| now >= t + DUPLICATE_WATCH) || now >= deadline {
+            break;
+        }
+        match reader.next(Duration::from_millis(200)).await {
+            Next::Result(r) => {
+                if !expected.contains_key(&r.task_id) {
+                    unexpected += 1;
+                    continue;
+                }
+                let n = counts.entry(r.task_id.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    continue;
+                }
+                *by_status.entry(r.status).or_default() += 1;
+                *by_worker.entry(r.worker.clone()).or_default() += 1;
+                *by_partition.entry(r.partition).or_default() += 1;
+                latencies_ms.push(now_ms().saturating_sub(r.created_ms.unwrap_or(r.started_ms)));
+                last_result = Instant::now();
+                bar.inc(1);
+                if counts.len() == expected.len() && complete_at.is_none() {
+                    complete_at = Some(Instant::now());
+                }
+            }
+            Next::Invalid(why) => eprintln!("not a result: {why}"),
+            Next::CaughtUp | Next::Idle => {}
+        }
+    }
+    bar.finish_and_clear();
+    workers.cancel();
+    for h in handles {
+        match h.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("worker failed: {e}"),
+            Err(e) => eprintln!("worker task failed: {e}"),
+        }
+    }
+    drop(broker);
+
+    let elapsed = last_result.duration_since(started).as_secs_f64().max(1e-6);
+    let duplicates: u64 = counts.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    let missing = expected.len() - counts.len();
+    latencies_ms.sort_unstable();
+    println!("Sluice dev run: {} workers, {} partitions, embedded broker", args.workers, args.partitions);
+    println!("  published    {} tasks in {:.2}s", workload.len(), published_in.as_secs_f64());
+    let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("  results      {} ({}); missing {missing}, duplicates {duplicates}", counts.len(), statuses.join(", "));
+    println!("  throughput   {:.0} tasks/s (first publish to last result)", counts.len() as f64 / elapsed);
+    println!(
+        "  latency      p50 {} ms, p99 {} ms (task created to result read)",
+        percentile(&latencies_ms, 0.50),
+        percentile(&latencies_ms, 0.99)
+    );
+    println!("  workers      {}", spread(by_worker.iter().map(|(k, v)| (k.clone(), *v))));
+    println!("  partitions   {}", spread(by_partition.iter().map(|(k, v)| (k.to_string(), *v))));
+    if unexpected > 0 {
+        println!("  (ignored {unexpected} results of tasks this run did not publish)");
+    }
+    let ok = missing == 0 && duplicates == 0;
+    println!("{}", if ok { "OK: every task has exactly one result" } else { "FAILED: not every task has exactly one result" });
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A mixed, deterministic workload: ordered echo tasks per customer key, short
+/// sleeps, CPU work, squares, and a few tasks that fail on purpose.
+fn demo_workload(n: usize) -> Vec<(Outgoing, &'static str)> {
+    (0..n)
+        .map(|i| {
+            let (kind, payload, key) = match i % 10 {
+                0..=3 => ("echo", json!({"n": i}), Some(format!("customer-{}", i % 50))),
+                4 | 5 => ("sleep", json!({"ms": 1 + i % 20}), None),
+                6 | 7 => ("cpu", json!({"iterations": 20_000 + (i % 7) * 5_000}), None),
+                8 => ("square", json!(i), None),
+                _ if i % 100 == 9 => ("fail", json!({"permanent": true}), None),
+                _ => ("noop", json!(null), None),
+            };
+            (Outgoing::new(Task::new(kind, payload), key), kind)
+        })
+        .collect()
+}
+
+fn progress(len: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{label} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+fn spread(items: impl Iterator<Item = (String, u64)>) -> String {
+    items.map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn demo_workload_mixes_kinds_with_unique_ids() {
+        let w = demo_workload(200);
+        let ids: std::collections::HashSet<&str> = w.iter().map(|(o, _)| o.id()).collect();
+        assert_eq!(ids.len(), 200);
+        for kind in ["echo", "sleep", "cpu", "square", "fail", "noop"] {
+            assert!(w.iter().any(|(_, k)| *k == kind), "{kind}");
+        }
+    }
+}

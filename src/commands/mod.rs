@@ -1,0 +1,22 @@
+//! One module per subcommand; each exposes `run(args, cfg)`.
+
+mod broker;
+mod dev;
+mod produce;
+mod results;
+mod worker;
+
+use crate::cli::Command;
+use sluice_common::Config;
+use std::process::ExitCode;
+
+/// Runs a subcommand to completion.
+pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Broker(a) => broker::run(a, cfg).await,
+        Command::Worker(a) => worker::run(a, cfg).await,
+        Command::Produce(a) => produce::run(a, cfg).await,
+        Command::Results(a) => results::run(a, cfg).await,
+        Command::Dev(a) => dev::run(a, cfg).await,
+    }
+}

@@ -1,0 +1,380 @@
+//! The poll thread: the only code that touches the group consumer.
+//!
+//! librdkafka expects one thread to keep polling (heartbeats, rebalances and
+//! `max.poll.interval.ms` depend on it), and rebalance callbacks run inside that
+//! poll. So the consumer lives on a dedicated OS thread that never waits on task
+//! execution: records go out over a bounded channel, completions come back over
+//! another, and when too many tasks are buffered the thread pauses its partitions
+//! and keeps polling instead of blocking.
+//!
+//! Offsets: a record's offset is stored (for the next auto-commit) only when the
+//! [`OffsetTracker`] says every earlier offset of its partition is done; on revoke
+//! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
+//! synchronously.
+
+use crate::tracker::{OffsetTracker, Tp};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A record handed from the poll thread to execution.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+    pub epoch: u64,
+}
+
+/// What became of an [`Incoming`].
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: u64,
+    /// True when the result is durable; false when the task was not run here.
+    pub done: bool,
+}
+
+/// Assignment epochs, readable by executors: a task whose partition epoch changed
+/// was revoked before it started and must not run here.
+#[derive(Debug, Default)]
+pub(crate) struct Assignments {
+    epochs: RwLock<HashMap<Tp, u64>>,
+    pub rebalances: AtomicU64,
+}
+
+impl Assignments {
+    pub fn is_current(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.epochs
+            .read()
+            .expect("assignments lock")
+            .get(&(topic.to_string(), partition))
+            == Some(&epoch)
+    }
+}
+
+struct PollState {
+    tracker: OffsetTracker,
+    completions: mpsc::Receiver<Completion>,
+    handed_out: usize,
+    next_epoch: u64,
+    assignment_changed: bool,
+}
+
+/// The consumer context: rebalance callbacks with access to the tracker.
+pub(crate) struct WorkerContext {
+    state: Mutex<PollState>,
+    assignments: Arc<Assignments>,
+    drain_timeout: Duration,
+}
+
+impl WorkerContext {
+    pub fn new(
+        completions: mpsc::Receiver<Completion>,
+        assignments: Arc<Assignments>,
+        drain_timeout: Duration,
+    ) -> Self {
+        WorkerContext {
+            state: Mutex::new(PollState {
+                tracker: OffsetTracker::default(),
+                completions,
+                handed_out: 0,
+                next_epoch: 1,
+                assignment_changed: false,
+            }),
+            assignments,
+            drain_timeout,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PollState> {
+        self.state.lock().expect("poll state lock")
+    }
+
+    /// Applies completions and stores offsets that advanced. `wait` bounds how long
+    /// to wait for the first completion.
+    fn absorb(&self, consumer: &BaseConsumer<WorkerContext>, wait: Duration) {
+        let mut st = self.state();
+        let mut batch = Vec::new();
+        if let Ok(c) = st.completions.recv_timeout(wait) {
+            batch.push(c);
+        }
+        batch.extend(st.completions.try_iter());
+        if batch.is_empty() {
+            return;
+        }
+        let mut touched = HashSet::new();
+        for c in batch {
+            st.handed_out -= 1;
+            let tp = (c.topic.to_string(), c.partition);
+            if let Some(p) = st.tracker.get_mut(&tp, c.epoch) {
+                if c.done {
+                    p.finish(c.offset);
+                } else {
+                    p.abandon(c.offset);
+                }
+                touched.insert(tp);
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for tp in touched {
+            if let Some(off) = st
+                .tracker
+                .iter_mut()
+                .find(|(t, _)| **t == tp)
+                .and_then(|(_, p)| p.take_advance())
+            {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
+            }
+        }
+        drop(st);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::warn!(error = %e, "could not store offsets (partition revoked?)");
+            }
+        }
+    }
+
+    /// Waits until none of `tps` has tasks in flight, or until `deadline`.
+    fn drain(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp], deadline: Instant) -> usize {
+        loop {
+            let left: usize = {
+                let st = self.state();
+                tps.iter()
+                    .filter_map(|tp| st.tracker.get(tp))
+                    .map(|p| p.in_flight())
+                    .sum()
+            };
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            self.absorb(consumer, Duration::from_millis(10));
+        }
+    }
+
+    /// Synchronously commits the committable position of `tps`.
+    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp]) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let st = self.state();
+            for tp in tps {
+                if let Some(off) = st.tracker.get(tp).and_then(|p| p.committable()) {
+                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => tracing::debug!(partitions = tpl.count(), elapsed_ms = started.elapsed().as_millis() as u64, "committed"),
+            Err(e) => tracing::warn!(error = %e, "commit failed; uncommitted tasks will run again elsewhere"),
+        }
+    }
+
+    fn assigned(&self) -> Vec<Tp> {
+        let epochs = self.assignments.epochs.read().expect("assignments lock");
+        epochs.keys().cloned().collect()
+    }
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                {
+                    let mut epochs = self.assignments.epochs.write().expect("assignments lock");
+                    for tp in &tps {
+                        epochs.remove(tp);
+                    }
+                }
+                self.assignments.rebalances.fetch_add(1, Ordering::Relaxed);
+                let left = self.drain(consumer, &tps, Instant::now() + self.drain_timeout);
+                if left > 0 {
+                    tracing::warn!(unfinished = left, "revoked partitions still had running tasks after the drain timeout; their new owner runs them again");
+                }
+                if !consumer.assignment_lost() {
+                    self.commit(consumer, &tps);
+                }
+                let mut st = self.state();
+                for tp in &tps {
+                    st.tracker.revoke(tp);
+                }
+                tracing::info!(partitions = %render(&tps), "partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let tps: Vec<Tp> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            let mut st = self.state();
+            let mut epochs = self.assignments.epochs.write().expect("assignments lock");
+            for tp in &tps {
+                if !epochs.contains_key(tp) {
+                    let epoch = st.next_epoch;
+                    st.next_epoch += 1;
+                    st.tracker.assign(tp.clone(), epoch);
+                    epochs.insert(tp.clone(), epoch);
+                }
+            }
+            st.assignment_changed = true;
+            self.assignments.rebalances.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(partitions = %render(&tps), "partitions assigned");
+        }
+    }
+}
+
+fn render(tps: &[Tp]) -> String {
+    let mut v: Vec<String> = tps.iter().map(|(t, p)| format!("{t}[{p}]")).collect();
+    v.sort();
+    v.join(",")
+}
+
+/// Limits for the poll thread.
+pub(crate) struct PollLimits {
+    pub max_buffered: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// What the poll thread saw, reported when it ends.
+#[derive(Debug, Default)]
+pub(crate) struct PollReport {
+    /// Tasks still in flight when the shutdown deadline passed.
+    pub unfinished_at_shutdown: usize,
+}
+
+/// Runs until `stop`, then drains and commits. Owns the consumer.
+pub(crate) fn poll_loop(
+    consumer: BaseConsumer<WorkerContext>,
+    out: tokio::sync::mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+    limits: PollLimits,
+) -> PollReport {
+    let ctx = consumer.context().clone();
+    let mut paused = false;
+    let mut last_error: Option<(String, Instant)> = None;
+    while !stop.is_cancelled() {
+        ctx.absorb(&consumer, Duration::ZERO);
+        let (in_flight, changed) = {
+            let mut st = ctx.state();
+            (st.handed_out, std::mem::take(&mut st.assignment_changed))
+        };
+        if in_flight >= limits.max_buffered && (!paused || changed) {
+            set_paused(&consumer, true);
+            paused = true;
+        } else if paused && in_flight <= limits.max_buffered / 2 {
+            set_paused(&consumer, false);
+            paused = false;
+        }
+        let wait = if paused { 5 } else { 50 };
+        match consumer.poll(Duration::from_millis(wait)) {
+            Some(Ok(msg)) => {
+                let tp = (msg.topic().to_string(), msg.partition());
+                let epoch = {
+                    let mut st = ctx.state();
+                    let Some(epoch) = st.tracker.epoch(&tp) else {
+                        // Not ours (a record fetched across a revoke): never handed
+                        // out, so its offset is never passed by a commit.
+                        continue;
+                    };
+                    st.tracker
+                        .get_mut(&tp, epoch)
+                        .expect("epoch just read")
+                        .start(msg.offset());
+                    st.handed_out += 1;
+                    epoch
+                };
+                let inc = Incoming {
+                    topic: Arc::from(msg.topic()),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    value: msg.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: msg.timestamp().to_millis(),
+                    epoch,
+                };
+                if out.blocking_send(inc).is_err() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                let text = e.to_string();
+                let repeat = last_error
+                    .as_ref()
+                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(10));
+                if !repeat {
+                    tracing::warn!(error = %text, "consumer error (librdkafka retries by itself)");
+                    last_error = Some((text, Instant::now()));
+                }
+            }
+            None => {}
+        }
+    }
+    // Shutdown: fetch nothing more, let in-flight tasks finish, commit, leave.
+    set_paused(&consumer, true);
+    drop(out);
+    let deadline = Instant::now() + limits.shutdown_timeout;
+    let assigned = ctx.assigned();
+    loop {
+        let left = ctx.state().handed_out;
+        if left == 0 || Instant::now() >= deadline {
+            break;
+        }
+        // Keep serving the group (heartbeats, callbacks) while draining.
+        let _ = consumer.poll(Duration::ZERO);
+        ctx.absorb(&consumer, Duration::from_millis(10));
+    }
+    let unfinished = ctx.state().tracker.in_flight();
+    ctx.commit(&consumer, &assigned);
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "shutdown deadline passed with tasks running; they will run again elsewhere");
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    PollReport {
+        unfinished_at_shutdown: unfinished,
+    }
+}
+
+fn set_paused(consumer: &BaseConsumer<WorkerContext>, pause: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    if assignment.count() == 0 {
+        return;
+    }
+    let r = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, pause, "could not change partition pause state");
+    }
+}

@@ -1,0 +1,129 @@
+//! The worker supervisor: sets up clients, starts the poll thread, routes records
+//! into lanes, and on shutdown drains within a deadline.
+
+use crate::consumer::{poll_loop, Assignments, PollLimits, WorkerContext};
+use crate::execute::{Counters, Executor};
+use crate::external::External;
+use crate::handler::Registry;
+use crate::lanes::Lanes;
+use crate::results::ResultSink;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
+use sluice_common::telemetry::default_worker_id;
+use sluice_common::{kafka, Config};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Cluster unreachable, topics missing, bad client settings: fix and restart.
+    #[error(transparent)]
+    Setup(#[from] sluice_common::Error),
+    /// A configured handler replaces a built-in one or cannot be used.
+    #[error("handler `{kind}`: {why}")]
+    Handler {
+        /// Task kind.
+        kind: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug)]
+pub struct Summary {
+    /// The worker's id.
+    pub worker_id: String,
+    /// Result and abandon counts.
+    pub counters: Arc<Counters>,
+    /// Tasks still running when the shutdown deadline passed (they run again elsewhere).
+    pub unfinished_at_shutdown: usize,
+}
+
+/// Adds the external-process handlers of `cfg` to `registry`.
+pub fn with_external_handlers(mut registry: Registry, cfg: &Config) -> Result<Registry, WorkerError> {
+    for (kind, h) in &cfg.worker.handlers {
+        if registry.get(kind).is_some() {
+            return Err(WorkerError::Handler {
+                kind: kind.clone(),
+                why: "a handler for this kind is already registered".into(),
+            });
+        }
+        registry.register(kind.clone(), External::new(h.clone()));
+    }
+    Ok(registry)
+}
+
+/// Runs a worker until `shutdown` is cancelled, then drains and commits.
+pub async fn run(cfg: Config, registry: Registry, shutdown: CancellationToken) -> Result<Summary, WorkerError> {
+    let worker_id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
+    let w = &cfg.worker;
+    kafka::ensure_topics(&cfg, &[&cfg.topics.tasks, &cfg.topics.results]).await?;
+    let producer = kafka::producer(&cfg, &worker_id)?;
+
+    let (done_tx, done_rx) = mpsc::channel();
+    let assignments = Arc::new(Assignments::default());
+    let context = WorkerContext::new(done_rx, assignments.clone(), Duration::from_millis(w.drain_timeout_ms));
+    let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&cfg, &worker_id)
+        .create_with_context(context)
+        .map_err(sluice_common::Error::client)?;
+    consumer
+        .subscribe(&[&cfg.topics.tasks])
+        .map_err(sluice_common::Error::client)?;
+    tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), "worker started");
+
+    let counters = Arc::new(Counters::default());
+    let give_up = CancellationToken::new();
+    let executor = Arc::new(Executor {
+        registry,
+        sink: ResultSink::new(producer.clone(), cfg.topics.results.clone()),
+        worker_id: worker_id.clone(),
+        max_task_bytes: w.max_task_bytes,
+        assignments,
+        completions: done_tx,
+        stopping: shutdown.clone(),
+        give_up: give_up.clone(),
+        counters: counters.clone(),
+    });
+    let tasks = TaskTracker::new();
+    let lanes = Lanes::new(w.ordering, w.concurrency, executor, tasks.clone());
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(w.max_buffered_tasks + 16);
+    let limits = PollLimits {
+        max_buffered: w.max_buffered_tasks,
+        shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
+    };
+    let stop = shutdown.clone();
+    let poller = tokio::task::spawn_blocking(move || poll_loop(consumer, tx, stop, limits));
+
+    // Past the shutdown deadline, stop retrying result deliveries: those tasks'
+    // offsets stay uncommitted and the tasks run again elsewhere.
+    let deadline = Duration::from_millis(w.shutdown_timeout_ms);
+    let watchdog = {
+        let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(deadline).await;
+            give_up.cancel();
+        })
+    };
+
+    while let Some(inc) = rx.recv().await {
+        lanes.submit(inc);
+    }
+    let report = poller.await.unwrap_or_default();
+    give_up.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    watchdog.abort();
+    let _ = producer.flush(Duration::from_secs(5));
+    tracing::info!(worker.id = %worker_id, finished = counters.total_finished(), "worker stopped");
+    Ok(Summary {
+        worker_id,
+        counters,
+        unfinished_at_shutdown: report.unfinished_at_shutdown,
+    })
+}
