@@ -229,6 +229,9 @@ impl Cli {
             }
             Command::Produce(p) => set(&mut cfg.topics.tasks, &p.topic),
             Command::Results(r) => set(&mut cfg.topics.results, &r.topic),
+            // `dev` prints its own summary; task failures it provokes on purpose
+            // are not news. RUST_LOG still overrides this.
+            Command::Dev(_) if cfg.log == Default::default() => cfg.log.level = "error".into(),
             Command::Broker(_) | Command::Dev(_) => {}
         }
     }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod output;
 
 use clap::Parser;
 use sluice_common::{telemetry, Config};
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(commands::run(cli.command, cfg)) {
         Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE

@@ -223,7 +223,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// Filter in `tracing` syntax, e.g. `info` or `sluice_worker=debug,info`.
+    /// Filter in `tracing` syntax, e.g. `info` or `sluice_worker=debug,info`. The
+    /// default keeps librdkafka at `warn`: its `info` lines are connection chatter.
     /// `RUST_LOG` overrides it.
     pub level: String,
     /// Output format.
@@ -233,7 +234,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            level: "info,librdkafka=warn,rdkafka=warn".into(),
             format: LogFormat::Text,
         }
     }

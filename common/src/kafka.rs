@@ -228,7 +228,25 @@ async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reports a client-level error. End-of-partition is an event, not an error, and
+/// librdkafka reports lost connections itself and reconnects; both are kept quiet.
+pub fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    use rdkafka::error::KafkaError;
+    match error {
+        KafkaError::PartitionEOF(_) => {}
+        KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+        KafkaError::Global(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+            tracing::debug!(error = %error, reason, "kafka connection problem")
+        }
+        _ => tracing::warn!(error = %error, reason, "kafka client error"),
+    }
+}
+
 /// Context for consumers that need no callbacks.
 pub struct QuietContext;
-impl ClientContext for QuietContext {}
+impl ClientContext for QuietContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
 impl ConsumerContext for QuietContext {}

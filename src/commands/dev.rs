@@ -114,6 +114,8 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     bar.finish_and_clear();
+    drop(reader);
+    drop(publisher);
     workers.cancel();
     for h in handles {
         match h.await {

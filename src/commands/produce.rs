@@ -59,7 +59,7 @@ impl<'a> Batch<'a> {
                     self.sent.push(line);
                     self.bar.inc(1);
                     if self.print_ids {
-                        self.bar.suspend(|| println!("{id}"));
+                        self.bar.suspend(|| crate::output::line(&id));
                     }
                 }
                 Err(e) => self.fail(line, e.to_string()),

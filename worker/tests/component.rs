@@ -1,0 +1,289 @@
+//! Component tests: the worker framework against the embedded broker, in-process.
+//!
+//! Each test starts its own broker, so topics and groups never collide.
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde_json::{json, Value};
+use sluice_common::config::{GroupProtocol, Ordering};
+use sluice_common::{kafka, Config, EmbeddedBroker, Status, Task, TaskResult, TopicSpec};
+use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
+use sluice_worker::{handler_fn, HandlerError, Registry, TaskContext};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
+    let mut cfg = Config::default();
+    let topics = [
+        TopicSpec { name: cfg.topics.tasks.clone(), partitions },
+        TopicSpec { name: cfg.topics.results.clone(), partitions },
+    ];
+    let b = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, partitions).unwrap();
+    cfg.kafka.brokers = b.bootstrap();
+    cfg.worker.group_protocol = GroupProtocol::Consumer;
+    cfg.worker.commit_interval_ms = 200;
+    cfg.worker.shutdown_timeout_ms = 10_000;
+    (b, cfg)
+}
+
+fn worker(cfg: &Config, id: &str, registry: Registry) -> (CancellationToken, tokio::task::JoinHandle<sluice_worker::Summary>) {
+    let mut c = cfg.clone();
+    c.worker.id = Some(id.to_string());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let h = tokio::spawn(async move { sluice_worker::run(c, registry, s).await.expect("worker runs") });
+    (stop, h)
+}
+
+async fn publish(cfg: &Config, tasks: &[Outgoing]) {
+    let p = Publisher::connect(cfg, &cfg.topics.tasks).await.unwrap();
+    let mut pending = Vec::new();
+    for t in tasks {
+        pending.push(p.send(t, None).await.unwrap());
+    }
+    for d in pending {
+        d.await.unwrap();
+    }
+}
+
+/// Reads results until `n` distinct task ids arrived, then a little longer to
+/// catch duplicates. Returns every record read.
+async fn results(cfg: &Config, n: usize, timeout: Duration) -> Vec<TaskResult> {
+    let mut reader = ResultReader::open(cfg, Start::Beginning).await.unwrap();
+    let mut all = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let deadline = Instant::now() + timeout;
+    let mut complete: Option<Instant> = None;
+    while Instant::now() < deadline && complete.is_none_or(|t| t.elapsed() < Duration::from_millis(700)) {
+        if let Next::Result(r) = reader.next(Duration::from_millis(100)).await {
+            ids.insert(r.task_id.clone());
+            all.push(*r);
+            if ids.len() >= n && complete.is_none() {
+                complete = Some(Instant::now());
+            }
+        }
+    }
+    assert!(ids.len() >= n, "only {} of {n} results arrived within {timeout:?}", ids.len());
+    all
+}
+
+fn by_id(results: &[TaskResult]) -> HashMap<String, Vec<&TaskResult>> {
+    let mut m: HashMap<String, Vec<&TaskResult>> = HashMap::new();
+    for r in results {
+        m.entry(r.task_id.clone()).or_default().push(r);
+    }
+    m
+}
+
+fn task(kind: &str, payload: Value, key: Option<&str>) -> Outgoing {
+    Outgoing::new(Task::new(kind, payload), key.map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
+    let (_b, mut cfg) = broker(3);
+    cfg.worker.max_task_bytes = 2_000;
+    let good: Vec<Outgoing> = (0..300)
+        .map(|i| match i % 3 {
+            0 => task("echo", json!({"i": i}), Some(&format!("k{}", i % 7))),
+            1 => task("square", json!(i), None),
+            _ => task("noop", Value::Null, None),
+        })
+        .collect();
+    let special = vec![
+        task("no-such-kind", Value::Null, None),
+        task("fail", json!({"permanent": true}), None),
+    ];
+    publish(&cfg, &good).await;
+    publish(&cfg, &special).await;
+    // Records no Sluice producer would write: a foreign client's mistakes.
+    let raw: FutureProducer = kafka::producer_config(&cfg, "raw").create().unwrap();
+    let big = format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(3_000));
+    for value in [b"not json at all".to_vec(), br#"{"payload":1}"#.to_vec(), big.into_bytes()] {
+        raw.send(FutureRecord::<(), _>::to(&cfg.topics.tasks).payload(&value).partition(0), Timeout::Never)
+            .await
+            .unwrap();
+    }
+    raw.flush(Duration::from_secs(5)).unwrap();
+
+    let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
+    let all = results(&cfg, 305, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+
+    let ids = by_id(&all);
+    assert_eq!(ids.len(), 305);
+    let dups: Vec<_> = ids.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(dups.is_empty(), "duplicates: {dups:?}");
+    for t in &good {
+        let r = ids[t.id()][0];
+        assert_eq!(r.status, Status::Succeeded, "{r:?}");
+        assert_eq!(r.worker, "w1");
+        if t.task.kind == "square" {
+            let n = t.task.payload.as_i64().unwrap();
+            assert_eq!(r.output, Some(json!(n * n)));
+        }
+        if t.task.kind == "echo" {
+            assert_eq!(r.output.as_ref(), Some(&t.task.payload));
+        }
+    }
+    let unknown = ids[special[0].id()][0];
+    assert_eq!(unknown.status, Status::Failed);
+    assert!(unknown.error.as_ref().unwrap().contains("unknown kind `no-such-kind`"), "{unknown:?}");
+    let failed = ids[special[1].id()][0];
+    assert_eq!(failed.status, Status::Failed);
+    let malformed: Vec<&TaskResult> = all.iter().filter(|r| r.kind.is_empty()).collect();
+    assert_eq!(malformed.len(), 3, "{malformed:?}");
+    for r in &malformed {
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(r.task_id, format!("{}/{}/{}", r.topic, r.partition, r.offset));
+    }
+    let errors: Vec<&str> = malformed.iter().map(|r| r.error.as_deref().unwrap()).collect();
+    assert!(errors.iter().any(|e| e.contains("not a task")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("`kind` is missing")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("over the 2000-byte task limit")), "{errors:?}");
+}
+
+/// Records, per key, the order tasks started in and whether two ever overlapped.
+#[derive(Default)]
+struct OrderLog {
+    running: HashMap<String, u32>,
+    started: HashMap<String, Vec<u64>>,
+    overlaps: u32,
+    max_parallel: usize,
+}
+
+fn ordered_registry(log: Arc<Mutex<OrderLog>>) -> Registry {
+    let mut r = Registry::new();
+    r.register(
+        "step",
+        handler_fn(move |t: TaskContext| {
+            let log = log.clone();
+            async move {
+                let key = t.key.clone().unwrap_or_default();
+                let seq = t.payload["seq"].as_u64().unwrap();
+                {
+                    let mut l = log.lock().unwrap();
+                    let running = l.running.entry(key.clone()).or_default();
+                    *running += 1;
+                    if *running > 1 {
+                        l.overlaps += 1;
+                    }
+                    l.started.entry(key.clone()).or_default().push(seq);
+                    let parallel = l.running.values().filter(|n| **n > 0).count();
+                    l.max_parallel = l.max_parallel.max(parallel);
+                }
+                // Later tasks are quicker, so any reordering would show.
+                tokio::time::sleep(Duration::from_millis(8 - (seq % 8))).await;
+                *log.lock().unwrap().running.get_mut(&key).unwrap() -= 1;
+                Ok::<_, HandlerError>(json!(seq))
+            }
+        }),
+    );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_tasks_run_in_order_while_other_keys_run_in_parallel() {
+    let (_b, mut cfg) = broker(2);
+    cfg.worker.concurrency = 8;
+    cfg.worker.ordering = Ordering::Key;
+    let tasks: Vec<Outgoing> = (0..30u64)
+        .flat_map(|seq| (0..6).map(move |k| task("step", json!({"seq": seq}), Some(&format!("key-{k}")))))
+        .collect();
+    publish(&cfg, &tasks).await;
+    let log = Arc::new(Mutex::new(OrderLog::default()));
+    let (stop, h) = worker(&cfg, "w1", ordered_registry(log.clone()));
+    results(&cfg, tasks.len(), Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let l = log.lock().unwrap();
+    assert_eq!(l.overlaps, 0, "two tasks of one key ran at once");
+    for (key, seqs) in &l.started {
+        assert_eq!(*seqs, (0..30).collect::<Vec<u64>>(), "order of {key}");
+    }
+    assert!(l.max_parallel > 1, "different keys never ran in parallel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_key_ordering_the_same_key_overlaps() {
+    // The control for the test above: it must be the ordering mode that keeps order.
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.concurrency = 8;
+    cfg.worker.ordering = Ordering::None;
+    let tasks: Vec<Outgoing> = (0..40u64).map(|seq| task("step", json!({"seq": seq}), Some("one-key"))).collect();
+    publish(&cfg, &tasks).await;
+    let log = Arc::new(Mutex::new(OrderLog::default()));
+    let (stop, h) = worker(&cfg, "w1", ordered_registry(log.clone()));
+    results(&cfg, tasks.len(), Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(log.lock().unwrap().overlaps > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_partitions() {
+    let (_b, mut cfg) = broker(4);
+    cfg.worker.concurrency = 4;
+    let (s1, h1) = worker(&cfg, "w1", sluice_worker::builtin());
+    let (s2, h2) = worker(&cfg, "w2", sluice_worker::builtin());
+    // Let both join before the work arrives, so neither takes it all.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tasks: Vec<Outgoing> = (0..400).map(|_| task("sleep", json!({"ms": 5}), None)).collect();
+    publish(&cfg, &tasks).await;
+    let all = results(&cfg, 400, Duration::from_secs(60)).await;
+    s1.cancel();
+    s2.cancel();
+    let (a, b) = (h1.await.unwrap(), h2.await.unwrap());
+    let ids = by_id(&all);
+    assert_eq!(ids.len(), 400);
+    assert!(ids.values().all(|v| v.len() == 1), "duplicates");
+    let mut parts: HashMap<&str, std::collections::BTreeSet<i32>> = HashMap::new();
+    for r in &all {
+        parts.entry(r.worker.as_str()).or_default().insert(r.partition);
+    }
+    assert_eq!(parts.len(), 2, "both workers ran tasks: {parts:?}");
+    assert!(parts["w1"].is_disjoint(&parts["w2"]), "a partition was served by both: {parts:?}");
+    assert_eq!(a.counters.total_finished() + b.counters.total_finished(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_so_a_restarted_worker_reprocesses_nothing() {
+    let (_b, mut cfg) = broker(3);
+    cfg.worker.commit_interval_ms = 60_000; // only the shutdown commit can save us
+    let first: Vec<Outgoing> = (0..200).map(|i| task("echo", json!(i), None)).collect();
+    publish(&cfg, &first).await;
+    let (s1, h1) = worker(&cfg, "first", sluice_worker::builtin());
+    results(&cfg, 200, Duration::from_secs(60)).await;
+    s1.cancel();
+    let a = h1.await.unwrap();
+    assert_eq!(a.counters.total_finished(), 200);
+    assert_eq!(a.unfinished_at_shutdown, 0);
+
+    let (s2, h2) = worker(&cfg, "second", sluice_worker::builtin());
+    let second: Vec<Outgoing> = (0..50).map(|i| task("echo", json!(i), None)).collect();
+    publish(&cfg, &second).await;
+    let all = results(&cfg, 250, Duration::from_secs(60)).await;
+    s2.cancel();
+    let b = h2.await.unwrap();
+    assert_eq!(b.counters.total_finished(), 50, "the restarted worker re-ran committed tasks");
+    assert_eq!(all.len(), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_buffer_pauses_partitions_and_loses_nothing() {
+    let (_b, mut cfg) = broker(2);
+    cfg.worker.concurrency = 2;
+    cfg.worker.max_buffered_tasks = 4;
+    cfg.worker.group_protocol = GroupProtocol::Classic;
+    cfg.worker.session_timeout_ms = 6_000;
+    let tasks: Vec<Outgoing> = (0..300).map(|i| task("sleep", json!({"ms": i % 3}), Some(&format!("k{}", i % 5)))).collect();
+    publish(&cfg, &tasks).await;
+    let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
+    let all = results(&cfg, 300, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(all.len(), 300);
+}
