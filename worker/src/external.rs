@@ -121,10 +121,11 @@ mod tests {
 
     #[tokio::test]
     async fn failures_carry_the_stderr_tail() {
+        // 16 bytes of tail: the last 15 characters and the newline.
         let e = sh("echo 0123456789abcdefXYZ >&2; exit 3").handle(ctx(Value::Null)).await.unwrap_err();
         assert_eq!(
             e,
-            HandlerError::Retryable("`sh` exited with code 3: 3456789abcdefXYZ".into())
+            HandlerError::Retryable("`sh` exited with code 3: 456789abcdefXYZ".into())
         );
         let missing = External::new(ExternalHandlerConfig {
             command: "/no/such/program".into(),
