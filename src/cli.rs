@@ -98,7 +98,7 @@ pub struct ProduceArgs {
     #[arg(long, short = 'n', default_value_t = 1)]
     pub count: u64,
     /// Read tasks as JSON lines from PATH, or `-` for stdin.
-    #[arg(long, short = 'f')]
+    #[arg(long, short = 'f', conflicts_with_all = ["payload", "key", "id", "count"])]
     pub file: Option<PathBuf>,
     /// Publish to this partition instead of choosing by key.
     #[arg(long)]

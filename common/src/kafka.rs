@@ -177,10 +177,34 @@ pub async fn ensure_topics(cfg: &Config, topics: &[&str]) -> Result<Vec<(String,
     })
 }
 
+/// Cluster ids of librdkafka's mock cluster start with this.
+const MOCK_CLUSTER_ID_PREFIX: &str = "mockCluster";
+
 async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> = finish(base(cfg, "sluice-admin"), cfg)
         .create()
         .map_err(Error::client)?;
+    let admin = std::sync::Arc::new(admin);
+    let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+    let probe = admin.clone();
+    let cluster_id = tokio::task::spawn_blocking(move || probe.inner().fetch_cluster_id(timeout))
+        .await
+        .map_err(|e| Error::Client(e.to_string()))?
+        .unwrap_or_default();
+    if cluster_id.starts_with(MOCK_CLUSTER_ID_PREFIX) {
+        // The mock cluster does not answer CreateTopics (a request would wait for
+        // its timeout) but creates topics named in a producer's metadata request,
+        // with its default partition count.
+        let p: FutureProducer = producer(cfg, "sluice-admin")?;
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in names {
+                let _ = p.client().fetch_metadata(Some(&t), timeout);
+            }
+        })
+        .await;
+        return Ok(());
+    }
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -192,38 +216,23 @@ async fn create_topics(cfg: &Config, topics: &[&str]) -> Result<(), Error> {
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let unsupported = match admin.create_topics(&new, &opts).await {
-        Ok(results) => {
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((topic, code)) => {
-                        return Err(Error::Topic {
-                            topic,
-                            cause: format!("CreateTopics failed: {code}"),
-                        })
-                    }
-                }
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| Error::Topic {
+            topic: topics.join(","),
+            cause: format!("CreateTopics failed: {e}"),
+        })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Topic {
+                    topic,
+                    cause: format!("CreateTopics failed: {code}"),
+                })
             }
-            false
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "CreateTopics unavailable; using auto-creation");
-            true
-        }
-    };
-    if unsupported {
-        // The mock cluster has no CreateTopics but creates topics named in a
-        // producer's metadata request.
-        let p: FutureProducer = producer(cfg, "sluice-admin")?;
-        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in names {
-                let _ = p.client().fetch_metadata(Some(&t), timeout);
-            }
-        })
-        .await;
     }
     Ok(())
 }

@@ -54,6 +54,11 @@ impl Publisher {
     pub async fn connect(cfg: &Config, topic: &str) -> Result<Publisher, PublishError> {
         let counts = kafka::ensure_topics(cfg, &[topic]).await?;
         let producer = kafka::producer(cfg, "sluice-producer")?;
+        // Learn the topic's leaders now rather than on the first send, so the first
+        // task's latency is not a metadata round trip longer than the rest.
+        let warm = producer.clone();
+        let (name, timeout) = (topic.to_string(), Duration::from_millis(cfg.kafka.connect_timeout_ms));
+        let _ = tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&name), timeout)).await;
         Ok(Publisher {
             producer,
             topic: topic.to_string(),

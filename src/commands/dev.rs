@@ -11,13 +11,17 @@ use sluice_common::config::GroupProtocol;
 use sluice_common::task::now_ms;
 use sluice_common::{shutdown, Config, EmbeddedBroker, Status, Task, TopicSpec};
 use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
+use sluice_worker::Counters;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long to wait for the last result before declaring tasks missing.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for the workers to share the partitions.
+const BALANCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to keep reading after the last expected result, to catch duplicates.
 const DUPLICATE_WATCH: Duration = Duration::from_secs(1);
 
@@ -45,11 +49,15 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let stop = shutdown::on_signals();
     let workers = stop.child_token();
     let mut handles = Vec::new();
+    let mut counters = Vec::new();
     for i in 1..=args.workers {
         let mut c = cfg.clone();
         c.worker.id = Some(format!("dev-worker-{i}"));
-        handles.push(tokio::spawn(sluice_worker::run(c, sluice_worker::builtin(), workers.clone())));
+        let live = Arc::new(Counters::default());
+        counters.push(live.clone());
+        handles.push(tokio::spawn(sluice_worker::run_with(c, sluice_worker::builtin(), workers.clone(), live)));
     }
+    wait_for_balance(&counters, args.partitions as usize).await;
 
     let mut reader = ResultReader::open(&cfg, Start::Beginning).await?;
     let publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
@@ -148,6 +156,23 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let ok = missing == 0 && duplicates == 0;
     println!("{}", if ok { "OK: every task has exactly one result" } else { "FAILED: not every task has exactly one result" });
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Waits until the group has settled: every partition assigned and, when there
+/// are enough partitions, every worker holding some, so the demo shows the load
+/// spread rather than the first worker's head start.
+async fn wait_for_balance(counters: &[Arc<Counters>], partitions: usize) {
+    let started = Instant::now();
+    while started.elapsed() < BALANCE_TIMEOUT {
+        let held: Vec<usize> = counters.iter().map(|c| c.assigned()).collect();
+        let everyone = held.iter().all(|n| *n > 0) || counters.len() > partitions;
+        if everyone && held.iter().sum::<usize>() == partitions {
+            eprintln!("group balanced in {:.1}s: partitions per worker {held:?}", started.elapsed().as_secs_f64());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("group did not balance within {BALANCE_TIMEOUT:?}; publishing anyway");
 }
 
 /// A mixed, deterministic workload: ordered echo tasks per customer key, short

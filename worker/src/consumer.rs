@@ -12,13 +12,14 @@
 //! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
 //! synchronously.
 
+use crate::counters::Counters;
 use crate::tracker::{OffsetTracker, Tp};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -50,8 +51,8 @@ pub(crate) struct Completion {
 /// was revoked before it started and must not run here.
 #[derive(Debug, Default)]
 pub(crate) struct Assignments {
-    epochs: RwLock<HashMap<Tp, u64>>,
-    pub rebalances: AtomicU64,
+    pub epochs: RwLock<HashMap<Tp, u64>>,
+    pub counters: Arc<Counters>,
 }
 
 impl Assignments {
@@ -210,8 +211,9 @@ impl ConsumerContext for WorkerContext {
                     for tp in &tps {
                         epochs.remove(tp);
                     }
+                    self.assignments.counters.assigned_partitions.store(epochs.len(), Ordering::Relaxed);
                 }
-                self.assignments.rebalances.fetch_add(1, Ordering::Relaxed);
+                self.assignments.counters.rebalances.fetch_add(1, Ordering::Relaxed);
                 let left = self.drain(consumer, &tps, Instant::now() + self.drain_timeout);
                 if left > 0 {
                     tracing::warn!(unfinished = left, "revoked partitions still had running tasks after the drain timeout; their new owner runs them again");
@@ -248,7 +250,9 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             st.assignment_changed = true;
-            self.assignments.rebalances.fetch_add(1, Ordering::Relaxed);
+            let counters = &self.assignments.counters;
+            counters.assigned_partitions.store(epochs.len(), Ordering::Relaxed);
+            counters.rebalances.fetch_add(1, Ordering::Relaxed);
             tracing::info!(partitions = %render(&tps), "partitions assigned");
         }
     }

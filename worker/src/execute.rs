@@ -8,31 +8,11 @@ use futures::FutureExt;
 use sluice_common::task::now_ms;
 use sluice_common::{Coordinates, Status, Task, TaskResult};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::counters::Counters;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// Counts of what this worker did.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Tasks whose result was delivered, by status (index = `Status::ALL`).
-    pub finished: [AtomicU64; 4],
-    /// Tasks handed back unrun (revoked or stopping).
-    pub abandoned: AtomicU64,
-}
-
-impl Counters {
-    fn finished(&self, s: Status) {
-        let i = Status::ALL.iter().position(|x| *x == s).expect("status");
-        self.finished[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Total tasks with a delivered result.
-    pub fn total_finished(&self) -> u64 {
-        self.finished.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-}
 
 /// Everything a task run needs, shared by all runs of one worker.
 pub(crate) struct Executor {
@@ -67,10 +47,10 @@ impl Executor {
     /// Makes `result` durable, then reports the record done to the poll thread.
     pub async fn deliver(&self, inc: Incoming, result: TaskResult) {
         let delivered = self.sink.deliver(&result, &self.give_up).await;
-        if delivered {
-            self.counters.finished(result.status);
+        if let Some(status) = delivered {
+            self.counters.finished(status);
         }
-        self.complete(&inc, delivered);
+        self.complete(&inc, delivered.is_some());
     }
 
     fn complete(&self, inc: &Incoming, done: bool) {

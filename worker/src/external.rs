@@ -4,7 +4,8 @@
 //! raw text), stdout becomes the output (JSON when it parses, else a string), and a
 //! non-zero exit fails the task with the tail of stderr as the error. Only commands
 //! named in configuration are ever run; nothing in a task chooses the program.
-//! If the task is abandoned (timeout, shutdown) the child is killed.
+//! If the handler future is dropped (the worker stops before the program ends),
+//! the child is killed.
 
 use crate::handler::{Handler, HandlerError, TaskContext};
 use async_trait::async_trait;

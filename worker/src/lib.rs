@@ -24,6 +24,7 @@
 //! - [`builtin`]: built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).
 //! - [`external`]: kinds served by external programs.
 //! - [`tracker`]: the offset tracker.
+//! - [`counters`]: live [`Counters`] of a running worker.
 //! - `consumer`: the poll thread and rebalance handling.
 //! - `lanes`: ordering modes and the concurrency limit.
 //! - `execute`: one task from record to durable result.
@@ -32,6 +33,7 @@
 
 pub mod builtin;
 mod consumer;
+pub mod counters;
 mod execute;
 pub mod external;
 pub mod handler;
@@ -41,6 +43,6 @@ pub mod tracker;
 pub mod worker;
 
 pub use builtin::builtin;
-pub use execute::Counters;
+pub use counters::Counters;
 pub use handler::{handler_fn, Handler, HandlerError, Registry, TaskContext};
-pub use worker::{run, with_external_handlers, Summary, WorkerError};
+pub use worker::{run, run_with, with_external_handlers, Summary, WorkerError};

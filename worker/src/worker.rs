@@ -2,7 +2,8 @@
 //! into lanes, and on shutdown drains within a deadline.
 
 use crate::consumer::{poll_loop, Assignments, PollLimits, WorkerContext};
-use crate::execute::{Counters, Executor};
+use crate::counters::Counters;
+use crate::execute::Executor;
 use crate::external::External;
 use crate::handler::Registry;
 use crate::lanes::Lanes;
@@ -59,13 +60,26 @@ pub fn with_external_handlers(mut registry: Registry, cfg: &Config) -> Result<Re
 
 /// Runs a worker until `shutdown` is cancelled, then drains and commits.
 pub async fn run(cfg: Config, registry: Registry, shutdown: CancellationToken) -> Result<Summary, WorkerError> {
+    run_with(cfg, registry, shutdown, Arc::new(Counters::default())).await
+}
+
+/// [`run`], updating `counters` as it goes so the caller can watch progress.
+pub async fn run_with(
+    cfg: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+    counters: Arc<Counters>,
+) -> Result<Summary, WorkerError> {
     let worker_id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
     let w = &cfg.worker;
     kafka::ensure_topics(&cfg, &[&cfg.topics.tasks, &cfg.topics.results]).await?;
     let producer = kafka::producer(&cfg, &worker_id)?;
 
     let (done_tx, done_rx) = mpsc::channel();
-    let assignments = Arc::new(Assignments::default());
+    let assignments = Arc::new(Assignments {
+        epochs: Default::default(),
+        counters: counters.clone(),
+    });
     let context = WorkerContext::new(done_rx, assignments.clone(), Duration::from_millis(w.drain_timeout_ms));
     let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&cfg, &worker_id)
         .create_with_context(context)
@@ -75,7 +89,6 @@ pub async fn run(cfg: Config, registry: Registry, shutdown: CancellationToken) -
         .map_err(sluice_common::Error::client)?;
     tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), "worker started");
 
-    let counters = Arc::new(Counters::default());
     let give_up = CancellationToken::new();
     let executor = Arc::new(Executor {
         registry,

@@ -85,6 +85,7 @@ fn task(kind: &str, payload: Value, key: Option<&str>) -> Outgoing {
 async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
     let (_b, mut cfg) = broker(3);
     cfg.worker.max_task_bytes = 2_000;
+
     let good: Vec<Outgoing> = (0..300)
         .map(|i| match i % 3 {
             0 => task("echo", json!({"i": i}), Some(&format!("k{}", i % 7))),
@@ -286,4 +287,30 @@ async fn a_tiny_buffer_pauses_partitions_and_loses_nothing() {
     stop.cancel();
     h.await.unwrap();
     assert_eq!(all.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_too_large_for_a_result_record_becomes_a_failed_result() {
+    let (_b, cfg) = broker(1);
+    let mut registry = sluice_worker::builtin();
+    registry.register(
+        "double",
+        handler_fn(|t: TaskContext| async move {
+            let s = t.payload.as_str().unwrap_or_default();
+            Ok::<_, HandlerError>(json!(format!("{s}{s}")))
+        }),
+    );
+    let big = task("double", json!("z".repeat(600_000)), None);
+    let small = task("echo", json!("after"), None);
+    publish(&cfg, &[big.clone(), small.clone()]).await;
+    let (stop, h) = worker(&cfg, "w1", registry);
+    let all = results(&cfg, 2, Duration::from_secs(60)).await;
+    stop.cancel();
+    let summary = h.await.unwrap();
+    let ids = by_id(&all);
+    let r = ids[big.id()][0];
+    assert_eq!(r.status, Status::Failed);
+    assert!(r.error.as_ref().unwrap().contains("output dropped"), "{r:?}");
+    assert_eq!(ids[small.id()][0].status, Status::Succeeded, "the partition kept flowing");
+    assert_eq!(summary.counters.finished_with(Status::Failed), 1);
 }

@@ -1,0 +1,229 @@
+//! Starting brokers and `sluice` processes, and reading results back.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `sluice` binary under test.
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?} of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Which broker the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Embedded,
+    Tansu,
+}
+
+pub fn selected_broker() -> BrokerKind {
+    match std::env::var("SLUICE_TEST_BROKER").as_deref() {
+        Err(_) | Ok("") | Ok("embedded") => BrokerKind::Embedded,
+        Ok("tansu") => BrokerKind::Tansu,
+        Ok(other) => panic!("SLUICE_TEST_BROKER={other}: expected `embedded` or `tansu`"),
+    }
+}
+
+/// A running broker process.
+pub struct Broker {
+    pub kind: BrokerKind,
+    pub addr: String,
+    _proc: Proc,
+}
+
+impl Broker {
+    /// The broker selected by `SLUICE_TEST_BROKER`.
+    pub fn start() -> Broker {
+        match selected_broker() {
+            BrokerKind::Embedded => Broker::embedded(),
+            BrokerKind::Tansu => Broker::tansu(),
+        }
+    }
+
+    /// `sluice broker` on a free port.
+    pub fn embedded() -> Broker {
+        let mut child = Command::new(sluice_bin())
+            .args(["broker", "--listen", "127.0.0.1:0", "--partitions", "4"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice broker");
+        let stdout = child.stdout.take().expect("piped");
+        let proc = Proc { child, name: "sluice broker".into() };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("sluice broker printed no address");
+        let addr = line
+            .trim()
+            .strip_prefix("sluice broker listening on ")
+            .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+            .to_string();
+        Broker { kind: BrokerKind::Embedded, addr, _proc: proc }
+    }
+
+    /// A Tansu broker with in-memory storage on a free port.
+    pub fn tansu() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("SLUICE_TEST_BROKER=tansu but `tansu` could not start ({e}); install it with `cargo install tansu --locked --features libsql,dynostore` (.ci/run does)")
+            });
+        let proc = Proc { child, name: "tansu".into() };
+        let addr = format!("127.0.0.1:{port}");
+        wait_port(&addr, Duration::from_secs(20));
+        Broker { kind: BrokerKind::Tansu, addr, _proc: proc }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Unique topic and group names for one test, and the broker they live on.
+pub struct Env<'a> {
+    pub broker: &'a Broker,
+    pub tasks: String,
+    pub results: String,
+    pub group: String,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(broker: &'a Broker, test: &str) -> Env<'a> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{test}-{}-{n}", std::process::id());
+        Env {
+            broker,
+            tasks: format!("tasks-{tag}"),
+            results: format!("results-{tag}"),
+            group: format!("group-{tag}"),
+        }
+    }
+
+    /// A `sluice` command wired to this broker, topics and group.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(sluice_bin());
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("SLUICE_BROKERS", &self.broker.addr)
+            .env("SLUICE_TOPICS__TASKS", &self.tasks)
+            .env("SLUICE_TOPICS__RESULTS", &self.results)
+            .env("SLUICE_TOPICS__PARTITIONS", "4")
+            .env("SLUICE_WORKER__GROUP", &self.group)
+            .env("SLUICE_WORKER__COMMIT_INTERVAL_MS", "200");
+        match self.broker.kind {
+            // KIP-848 on the mock cluster: joins without waiting for a session timeout.
+            BrokerKind::Embedded => c.env("SLUICE_WORKER__GROUP_PROTOCOL", "consumer"),
+            // Tansu has the classic protocol; its join waits about session.timeout/2.
+            BrokerKind::Tansu => c.env("SLUICE_WORKER__SESSION_TIMEOUT_MS", "6000"),
+        };
+        c
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run sluice")
+    }
+
+    /// Starts a long-running command (a worker).
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        let child = self.cmd(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn sluice");
+        Proc { child, name: format!("sluice {}", args.join(" ")) }
+    }
+
+    /// Waits for results of `n` distinct tasks (then reads to the end of the
+    /// topic once more to catch duplicates) and returns every record.
+    pub fn results(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let out = self.run(&["results", "--wait", &n.to_string(), "--timeout-ms", &timeout.as_millis().to_string(), "--format", "json"]);
+        assert!(out.status.success(), "sluice results --wait {n} failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+        let all = self.run(&["results", "--format", "json"]);
+        assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+        parse_lines(&all.stdout)
+    }
+}
+
+/// Parses JSON lines.
+pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Results grouped by task id.
+pub fn by_task(results: &[Value]) -> HashMap<String, Vec<&Value>> {
+    let mut m: HashMap<String, Vec<&Value>> = HashMap::new();
+    for r in results {
+        m.entry(r["task_id"].as_str().expect("task_id").to_string()).or_default().push(r);
+    }
+    m
+}
+
+/// Standard error as text, for assertions.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,43 @@
+//! Live counters of one worker, readable while it runs (by `sluice dev`, tests,
+//! and the metrics exporter).
+
+use sluice_common::Status;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// What a worker has done so far.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Tasks whose result was delivered, by status (index as in `Status::ALL`).
+    finished: [AtomicU64; 4],
+    /// Tasks handed back unrun (partition revoked or worker stopping).
+    pub abandoned: AtomicU64,
+    /// Partitions currently assigned to this worker.
+    pub assigned_partitions: AtomicUsize,
+    /// Rebalance callbacks seen (assignments plus revocations).
+    pub rebalances: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn finished(&self, s: Status) {
+        self.finished[index(s)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tasks with a delivered result of status `s`.
+    pub fn finished_with(&self, s: Status) -> u64 {
+        self.finished[index(s)].load(Ordering::Relaxed)
+    }
+
+    /// Total tasks with a delivered result.
+    pub fn total_finished(&self) -> u64 {
+        self.finished.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Partitions assigned now.
+    pub fn assigned(&self) -> usize {
+        self.assigned_partitions.load(Ordering::Relaxed)
+    }
+}
+
+fn index(s: Status) -> usize {
+    Status::ALL.iter().position(|x| *x == s).expect("every status is listed")
+}
