@@ -83,7 +83,12 @@ pub struct WorkerArgs {
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     /// Task kind (one task from flags).
-    #[arg(long, short = 'k', required_unless_present = "file", conflicts_with = "file")]
+    #[arg(
+        long,
+        short = 'k',
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
     pub kind: Option<String>,
     /// Task payload, JSON.
     #[arg(long, short = 'p', default_value = "null")]

@@ -232,18 +232,39 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_kafka_clients_and_creates_unknown_topics_quickly() {
-        let b = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &[TopicSpec { name: "given".into(), partitions: 3 }], 1).unwrap();
+        let b = EmbeddedBroker::start(
+            "127.0.0.1:0".parse().unwrap(),
+            &[TopicSpec {
+                name: "given".into(),
+                partitions: 3,
+            }],
+            1,
+        )
+        .unwrap();
         let mut cfg = crate::Config::default();
         cfg.kafka.brokers = b.bootstrap();
         let started = std::time::Instant::now();
-        let counts = crate::kafka::ensure_topics(&cfg, &["given", "fresh"]).await.unwrap();
+        let counts = crate::kafka::ensure_topics(&cfg, &["given", "fresh"])
+            .await
+            .unwrap();
         assert_eq!(counts[0], ("given".to_string(), 3));
         assert_eq!(counts[1].0, "fresh");
         assert!(counts[1].1 >= 1);
         // The mock has no CreateTopics; asking it anyway would hang for a request timeout.
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
-        b.create_topic(TopicSpec { name: "made".into(), partitions: 5 }).unwrap();
-        assert_eq!(crate::kafka::ensure_topics(&cfg, &["made"]).await.unwrap()[0].1, 5);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        b.create_topic(TopicSpec {
+            name: "made".into(),
+            partitions: 5,
+        })
+        .unwrap();
+        assert_eq!(
+            crate::kafka::ensure_topics(&cfg, &["made"]).await.unwrap()[0].1,
+            5
+        );
     }
 
     #[test]
@@ -261,4 +282,3 @@ mod tests {
         assert!(":3".parse::<TopicSpec>().is_err());
     }
 }
-

@@ -251,8 +251,8 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let defaults = config::Config::try_from(&Config::default())
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let defaults =
+            config::Config::try_from(&Config::default()).map_err(|e| ConfigError(e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = file {
             if !path.exists() {
@@ -318,7 +318,10 @@ impl Config {
         }
         for (kind, h) in &self.worker.handlers {
             if h.command.is_empty() {
-                return fail(&format!("worker.handlers.{kind}.command"), "must not be empty");
+                return fail(
+                    &format!("worker.handlers.{kind}.command"),
+                    "must not be empty",
+                );
             }
         }
         Ok(())
@@ -353,18 +356,26 @@ mod tests {
         let f = toml("[worker]\nconcurrency = 3\ngroup = \"g\"\n");
         let cfg = Config::load(
             Some(f.path()),
-            env(&[("SLUICE_WORKER__CONCURRENCY", "5"), ("SLUICE_BROKERS", "x:1")]),
+            env(&[
+                ("SLUICE_WORKER__CONCURRENCY", "5"),
+                ("SLUICE_BROKERS", "x:1"),
+            ]),
         )
         .unwrap();
         assert_eq!(cfg.worker.concurrency, 5);
         assert_eq!(cfg.worker.group, "g");
-        assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092", "flat vars are for flags");
+        assert_eq!(
+            cfg.kafka.brokers, "127.0.0.1:9092",
+            "flat vars are for flags"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let f = toml("[worker]\nconcurency = 3\n");
-        let e = Config::load(Some(f.path()), vec![]).unwrap_err().to_string();
+        let e = Config::load(Some(f.path()), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("concurency"), "{e}");
         let e = Config::load(None, env(&[("SLUICE_WORKER__NOPE", "1")]))
             .unwrap_err()

@@ -40,7 +40,10 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let mut c = base(cfg, client_id);
     c.set("enable.idempotence", cfg.producer.idempotence.to_string())
         .set("linger.ms", cfg.producer.linger_ms.to_string())
-        .set("message.timeout.ms", cfg.producer.delivery_timeout_ms.to_string())
+        .set(
+            "message.timeout.ms",
+            cfg.producer.delivery_timeout_ms.to_string(),
+        )
         .set("allow.auto.create.topics", "true");
     finish(c, cfg)
 }
@@ -153,19 +156,26 @@ pub async fn ensure_topics(cfg: &Config, topics: &[&str]) -> Result<Vec<(String,
         })
     };
     let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-    let first = counts(names.clone()).await.map_err(|e| Error::Client(e.to_string()))??;
+    let first = counts(names.clone())
+        .await
+        .map_err(|e| Error::Client(e.to_string()))??;
     let missing: Vec<&str> = first
         .iter()
         .filter(|(n, _)| n.is_none())
         .map(|(_, t)| t.as_str())
         .collect();
     if missing.is_empty() {
-        return Ok(first.into_iter().map(|(n, t)| (t, n.unwrap_or(0))).collect());
+        return Ok(first
+            .into_iter()
+            .map(|(n, t)| (t, n.unwrap_or(0)))
+            .collect());
     }
     create_topics(cfg, &missing).await?;
     // A freshly created topic can take a moment to show in metadata.
     for _ in 0..50 {
-        let now = counts(names.clone()).await.map_err(|e| Error::Client(e.to_string()))??;
+        let now = counts(names.clone())
+            .await
+            .map_err(|e| Error::Client(e.to_string()))??;
         if now.iter().all(|(n, _)| n.is_some()) {
             return Ok(now.into_iter().map(|(n, t)| (t, n.unwrap_or(0))).collect());
         }
@@ -244,7 +254,9 @@ pub fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
     match error {
         KafkaError::PartitionEOF(_) => {}
         KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-        KafkaError::Global(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+        KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+        ) => {
             tracing::debug!(error = %error, reason, "kafka connection problem")
         }
         _ => tracing::warn!(error = %error, reason, "kafka client error"),

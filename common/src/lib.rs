@@ -11,7 +11,7 @@
 //! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`telemetry`]: logging and the default worker id.
-//! - [`error`]: [`Error`].
+//! - [`error`]: [`Error`], split by what the caller does next.
 
 pub mod broker;
 pub mod config;

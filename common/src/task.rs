@@ -307,7 +307,10 @@ mod tests {
         let e = Task::decode(Some(b"{\"payload\":1}"), 100).unwrap_err();
         assert!(e.to_string().contains("`kind` is missing"), "{e}");
         let e = Task::decode(Some(b"not json"), 100).unwrap_err();
-        assert!(e.to_string().starts_with("record value is not a task"), "{e}");
+        assert!(
+            e.to_string().starts_with("record value is not a task"),
+            "{e}"
+        );
         let e = Task::decode(Some(br#"{"kind":""}"#), 100).unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
     }

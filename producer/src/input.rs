@@ -57,10 +57,7 @@ pub fn parse_line(line: &str) -> Result<Outgoing, InputError> {
     let value: Value =
         serde_json::from_str(line).map_err(|e| InputError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
-        return Err(InputError::NotJson(format!(
-            "found {}",
-            kind_of(&value)
-        )));
+        return Err(InputError::NotJson(format!("found {}", kind_of(&value))));
     };
     let key = match obj.remove("key") {
         None | Some(Value::Null) => None,
@@ -157,7 +154,10 @@ mod tests {
 
     #[test]
     fn given_ids_are_kept() {
-        assert_eq!(parse_line(r#"{"kind":"k","id":"mine"}"#).unwrap().id(), "mine");
+        assert_eq!(
+            parse_line(r#"{"kind":"k","id":"mine"}"#).unwrap().id(),
+            "mine"
+        );
     }
 
     #[test]
@@ -174,7 +174,11 @@ mod tests {
 
     #[test]
     fn oversized_tasks_are_rejected() {
-        let o = parse_line(&format!(r#"{{"kind":"k","payload":"{}"}}"#, "x".repeat(100))).unwrap();
+        let o = parse_line(&format!(
+            r#"{{"kind":"k","payload":"{}"}}"#,
+            "x".repeat(100)
+        ))
+        .unwrap();
         assert!(matches!(
             check_size(&o, 50),
             Err(InputError::TooLarge { limit: 50, .. })

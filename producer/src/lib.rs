@@ -17,7 +17,7 @@ pub mod partitioner;
 pub mod publisher;
 pub mod results;
 
-pub use input::{Outgoing, InputError};
+pub use input::{InputError, Outgoing};
 pub use partitioner::Partitioner;
 pub use publisher::{Delivered, PublishError, Publisher};
 pub use results::{Next, ResultReader, Start};

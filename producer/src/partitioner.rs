@@ -41,7 +41,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
 
 /// The Java client's partition for a key.
 pub fn key_partition(key: &[u8], partitions: i32) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1)) as i32
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
 /// Picks partitions: explicit, by key, or round-robin.

@@ -57,8 +57,13 @@ impl Publisher {
         // Learn the topic's leaders now rather than on the first send, so the first
         // task's latency is not a metadata round trip longer than the rest.
         let warm = producer.clone();
-        let (name, timeout) = (topic.to_string(), Duration::from_millis(cfg.kafka.connect_timeout_ms));
-        let _ = tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&name), timeout)).await;
+        let (name, timeout) = (
+            topic.to_string(),
+            Duration::from_millis(cfg.kafka.connect_timeout_ms),
+        );
+        let _ =
+            tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&name), timeout))
+                .await;
         Ok(Publisher {
             producer,
             topic: topic.to_string(),

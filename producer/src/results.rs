@@ -57,7 +57,9 @@ impl ResultReader {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(sluice_common::Error::client)?;
         }
-        consumer.assign(&tpl).map_err(sluice_common::Error::client)?;
+        consumer
+            .assign(&tpl)
+            .map_err(sluice_common::Error::client)?;
         Ok(ResultReader {
             consumer,
             partitions: counts[0].1 as usize,

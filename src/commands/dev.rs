@@ -27,8 +27,14 @@ const DUPLICATE_WATCH: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let topics = [
-        TopicSpec { name: cfg.topics.tasks.clone(), partitions: args.partitions },
-        TopicSpec { name: cfg.topics.results.clone(), partitions: args.partitions },
+        TopicSpec {
+            name: cfg.topics.tasks.clone(),
+            partitions: args.partitions,
+        },
+        TopicSpec {
+            name: cfg.topics.results.clone(),
+            partitions: args.partitions,
+        },
     ];
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let broker = EmbeddedBroker::start(any_port, &topics, args.partitions)?;
@@ -55,14 +61,22 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         c.worker.id = Some(format!("dev-worker-{i}"));
         let live = Arc::new(Counters::default());
         counters.push(live.clone());
-        handles.push(tokio::spawn(sluice_worker::run_with(c, sluice_worker::builtin(), workers.clone(), live)));
+        handles.push(tokio::spawn(sluice_worker::run_with(
+            c,
+            sluice_worker::builtin(),
+            workers.clone(),
+            live,
+        )));
     }
     wait_for_balance(&counters, args.partitions as usize).await;
 
     let mut reader = ResultReader::open(&cfg, Start::Beginning).await?;
     let publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
     let workload = demo_workload(args.tasks);
-    let expected: HashMap<String, &'static str> = workload.iter().map(|(o, _)| (o.id().to_string(), "")).collect();
+    let expected: HashMap<String, &'static str> = workload
+        .iter()
+        .map(|(o, _)| (o.id().to_string(), ""))
+        .collect();
 
     let started = Instant::now();
     let bar = progress(args.tasks as u64, "publishing");
@@ -76,7 +90,11 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
     let published_in = started.elapsed();
-    eprintln!("published {} tasks in {:.2}s", workload.len(), published_in.as_secs_f64());
+    eprintln!(
+        "published {} tasks in {:.2}s",
+        workload.len(),
+        published_in.as_secs_f64()
+    );
 
     let bar = progress(args.tasks as u64, "results   ");
     let mut counts: HashMap<String, u32> = HashMap::new();
@@ -135,27 +153,61 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     drop(broker);
 
     let elapsed = last_result.duration_since(started).as_secs_f64().max(1e-6);
-    let duplicates: u64 = counts.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    let duplicates: u64 = counts
+        .values()
+        .map(|n| u64::from(n.saturating_sub(1)))
+        .sum();
     let missing = expected.len() - counts.len();
     latencies_ms.sort_unstable();
-    println!("Sluice dev run: {} workers, {} partitions, embedded broker", args.workers, args.partitions);
-    println!("  published    {} tasks in {:.2}s", workload.len(), published_in.as_secs_f64());
+    println!(
+        "Sluice dev run: {} workers, {} partitions, embedded broker",
+        args.workers, args.partitions
+    );
+    println!(
+        "  published    {} tasks in {:.2}s",
+        workload.len(),
+        published_in.as_secs_f64()
+    );
     let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("  results      {} ({}); missing {missing}, duplicates {duplicates}", counts.len(), statuses.join(", "));
-    println!("  throughput   {:.0} tasks/s (first publish to last result)", counts.len() as f64 / elapsed);
+    println!(
+        "  results      {} ({}); missing {missing}, duplicates {duplicates}",
+        counts.len(),
+        statuses.join(", ")
+    );
+    println!(
+        "  throughput   {:.0} tasks/s (first publish to last result)",
+        counts.len() as f64 / elapsed
+    );
     println!(
         "  latency      p50 {} ms, p99 {} ms (task created to result read)",
         percentile(&latencies_ms, 0.50),
         percentile(&latencies_ms, 0.99)
     );
-    println!("  workers      {}", spread(by_worker.iter().map(|(k, v)| (k.clone(), *v))));
-    println!("  partitions   {}", spread(by_partition.iter().map(|(k, v)| (k.to_string(), *v))));
+    println!(
+        "  workers      {}",
+        spread(by_worker.iter().map(|(k, v)| (k.clone(), *v)))
+    );
+    println!(
+        "  partitions   {}",
+        spread(by_partition.iter().map(|(k, v)| (k.to_string(), *v)))
+    );
     if unexpected > 0 {
         println!("  (ignored {unexpected} results of tasks this run did not publish)");
     }
     let ok = missing == 0 && duplicates == 0;
-    println!("{}", if ok { "OK: every task has exactly one result" } else { "FAILED: not every task has exactly one result" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "{}",
+        if ok {
+            "OK: every task has exactly one result"
+        } else {
+            "FAILED: not every task has exactly one result"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Waits until the group has settled: every partition assigned and, when there
@@ -167,7 +219,10 @@ async fn wait_for_balance(counters: &[Arc<Counters>], partitions: usize) {
         let held: Vec<usize> = counters.iter().map(|c| c.assigned()).collect();
         let everyone = held.iter().all(|n| *n > 0) || counters.len() > partitions;
         if everyone && held.iter().sum::<usize>() == partitions {
-            eprintln!("group balanced in {:.1}s: partitions per worker {held:?}", started.elapsed().as_secs_f64());
+            eprintln!(
+                "group balanced in {:.1}s: partitions per worker {held:?}",
+                started.elapsed().as_secs_f64()
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -181,7 +236,11 @@ fn demo_workload(n: usize) -> Vec<(Outgoing, &'static str)> {
     (0..n)
         .map(|i| {
             let (kind, payload, key) = match i % 10 {
-                0..=3 => ("echo", json!({"n": i}), Some(format!("customer-{}", i % 50))),
+                0..=3 => (
+                    "echo",
+                    json!({"n": i}),
+                    Some(format!("customer-{}", i % 50)),
+                ),
                 4 | 5 => ("sleep", json!({"ms": 1 + i % 20}), None),
                 6 | 7 => ("cpu", json!({"iterations": 20_000 + (i % 7) * 5_000}), None),
                 8 => ("square", json!(i), None),
@@ -212,7 +271,10 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 fn spread(items: impl Iterator<Item = (String, u64)>) -> String {
-    items.map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    items
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -82,9 +82,11 @@ fn bar(len: Option<u64>) -> ProgressBar {
         None => ProgressBar::no_length(),
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} publishing [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} publishing [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -119,7 +121,9 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                     (Some(id), _) => Some(format!("{id}-{i}")),
                     (None, _) => None,
                 };
-                batch.push(i as usize + 1, Outgoing::new(t, args.key.clone())).await;
+                batch
+                    .push(i as usize + 1, Outgoing::new(t, args.key.clone()))
+                    .await;
             }
             let (s, f) = batch.finish().await;
             (s, f, false)
@@ -129,9 +133,11 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if path.as_os_str() == "-" {
                 Box::new(tokio::io::stdin())
             } else {
-                Box::new(tokio::fs::File::open(path).await.map_err(|e| {
-                    anyhow::anyhow!("cannot read {}: {e}", path.display())
-                })?)
+                Box::new(
+                    tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                )
             };
             let mut batch = Batch {
                 publisher: &publisher,
@@ -162,7 +168,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
     let rate = sent.len() as f64 / secs.max(1e-6);
     let what = if from_lines { "lines" } else { "copies" };
-    if !sent.is_empty() && (from_lines || sent.len() as u64 > PRINT_IDS_UP_TO || !failed.is_empty()) {
+    if !sent.is_empty() && (from_lines || sent.len() as u64 > PRINT_IDS_UP_TO || !failed.is_empty())
+    {
         eprintln!(
             "published {} tasks ({what} {}) to {} in {secs:.2}s ({rate:.0} tasks/s)",
             sent.len(),
@@ -174,7 +181,11 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         let lines: Vec<usize> = failed.iter().map(|(l, _)| *l).collect();
-        eprintln!("NOT published: {} ({what} {})", failed.len(), ranges(&lines));
+        eprintln!(
+            "NOT published: {} ({what} {})",
+            failed.len(),
+            ranges(&lines)
+        );
         Ok(ExitCode::FAILURE)
     }
 }

@@ -14,7 +14,11 @@ pub async fn run(args: ResultsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     } else {
         ResultsFormat::Json
     });
-    let start = if args.new_only { Start::End } else { Start::Beginning };
+    let start = if args.new_only {
+        Start::End
+    } else {
+        Start::Beginning
+    };
     let mut reader = ResultReader::open(&cfg, start).await?;
     let wanted: HashSet<&str> = args.ids.iter().map(String::as_str).collect();
     let waiting = args.wait.is_some() || !wanted.is_empty();
@@ -22,7 +26,11 @@ pub async fn run(args: ResultsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut out = std::io::stdout().lock();
     if format == ResultsFormat::Table {
-        writeln!(out, "{:<38} {:<10} {:<13} {:>8} {:<22} {:>6}  OUTPUT / ERROR", "TASK", "KIND", "STATUS", "MS", "WORKER", "PART")?;
+        writeln!(
+            out,
+            "{:<38} {:<10} {:<13} {:>8} {:<22} {:>6}  OUTPUT / ERROR",
+            "TASK", "KIND", "STATUS", "MS", "WORKER", "PART"
+        )?;
     }
     loop {
         if waiting && done(&args, &wanted, &seen) {
@@ -31,10 +39,18 @@ pub async fn run(args: ResultsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         let left = deadline.saturating_duration_since(Instant::now());
         if waiting && left.is_zero() {
             let target = args.wait.unwrap_or(0).max(wanted.len());
-            eprintln!("sluice results: timed out after {} ms: {} of {target} results arrived", args.timeout_ms, seen.len());
+            eprintln!(
+                "sluice results: timed out after {} ms: {} of {target} results arrived",
+                args.timeout_ms,
+                seen.len()
+            );
             return Ok(ExitCode::FAILURE);
         }
-        let step = if waiting { left.min(Duration::from_millis(500)) } else { Duration::from_millis(500) };
+        let step = if waiting {
+            left.min(Duration::from_millis(500))
+        } else {
+            Duration::from_millis(500)
+        };
         match reader.next(step).await {
             Next::Result(r) => {
                 if !wanted.is_empty() && !wanted.contains(r.task_id.as_str()) {
@@ -43,7 +59,9 @@ pub async fn run(args: ResultsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                 seen.insert(r.task_id.clone());
                 print(&mut out, &r, format)?;
             }
-            Next::Invalid(why) => eprintln!("sluice results: skipping a record that is not a result: {why}"),
+            Next::Invalid(why) => {
+                eprintln!("sluice results: skipping a record that is not a result: {why}")
+            }
             Next::CaughtUp if !waiting && !args.follow => return Ok(ExitCode::SUCCESS),
             Next::CaughtUp | Next::Idle => out.flush()?,
         }

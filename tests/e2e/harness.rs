@@ -29,7 +29,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?} of SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?} of SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -70,6 +74,7 @@ pub struct Broker {
     pub kind: BrokerKind,
     pub addr: String,
     _proc: Proc,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -91,51 +96,88 @@ impl Broker {
             .spawn()
             .expect("start sluice broker");
         let stdout = child.stdout.take().expect("piped");
-        let proc = Proc { child, name: "sluice broker".into() };
+        let proc = Proc {
+            child,
+            name: "sluice broker".into(),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("sluice broker printed no address");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("sluice broker printed no address");
         let addr = line
             .trim()
             .strip_prefix("sluice broker listening on ")
             .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
             .to_string();
-        Broker { kind: BrokerKind::Embedded, addr, _proc: proc }
+        Broker {
+            kind: BrokerKind::Embedded,
+            addr,
+            _proc: proc,
+            _data: None,
+        }
     }
 
-    /// A Tansu broker with in-memory storage on a free port.
+    /// A Tansu broker on a free port, storing in a fresh SQLite file.
+    ///
+    /// Not `memory://`: Tansu 0.6's memory engine returns nothing for a fetch that
+    /// starts inside a record batch (seen here: committed offset 5 of a 75-record
+    /// batch, fetch from 5 → no records, forever), which strands any consumer
+    /// group that commits mid-batch. The SQLite engine serves such fetches.
     pub fn tansu() -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let data = tempfile::tempdir().expect("temp dir");
+        // Tansu resolves the SQLite path against its working directory.
+        let log = std::fs::File::create(data.path().join("tansu.log")).expect("log file");
         let child = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(data.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("SLUICE_TEST_BROKER=tansu but `tansu` could not start ({e}); install it with `cargo install tansu --locked --features libsql,dynostore` (.ci/run does)")
             });
-        let proc = Proc { child, name: "tansu".into() };
+        let proc = Proc {
+            child,
+            name: "tansu".into(),
+        };
         let addr = format!("127.0.0.1:{port}");
-        wait_port(&addr, Duration::from_secs(20));
-        Broker { kind: BrokerKind::Tansu, addr, _proc: proc }
+        if !port_open(&addr, Duration::from_secs(20)) {
+            let log = std::fs::read_to_string(data.path().join("tansu.log")).unwrap_or_default();
+            panic!("tansu did not listen on {addr} within 20 s; its log:\n{log}");
+        }
+        Broker {
+            kind: BrokerKind::Tansu,
+            addr,
+            _proc: proc,
+            _data: Some(data),
+        }
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-fn wait_port(addr: &str, timeout: Duration) {
+fn port_open(addr: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -189,18 +231,42 @@ impl<'a> Env<'a> {
 
     /// Starts a long-running command (a worker).
     pub fn spawn(&self, args: &[&str]) -> Proc {
-        let child = self.cmd(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn sluice");
-        Proc { child, name: format!("sluice {}", args.join(" ")) }
+        let child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice");
+        Proc {
+            child,
+            name: format!("sluice {}", args.join(" ")),
+        }
     }
 
     /// Waits for results of `n` distinct tasks (then reads to the end of the
     /// topic once more to catch duplicates) and returns every record.
     pub fn results(&self, n: usize, timeout: Duration) -> Vec<Value> {
-        let out = self.run(&["results", "--wait", &n.to_string(), "--timeout-ms", &timeout.as_millis().to_string(), "--format", "json"]);
-        assert!(out.status.success(), "sluice results --wait {n} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run(&[
+            "results",
+            "--wait",
+            &n.to_string(),
+            "--timeout-ms",
+            &timeout.as_millis().to_string(),
+            "--format",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "sluice results --wait {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(500));
         let all = self.run(&["results", "--format", "json"]);
-        assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+        assert!(
+            all.status.success(),
+            "{}",
+            String::from_utf8_lossy(&all.stderr)
+        );
         parse_lines(&all.stdout)
     }
 }
@@ -218,7 +284,9 @@ pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
 pub fn by_task(results: &[Value]) -> HashMap<String, Vec<&Value>> {
     let mut m: HashMap<String, Vec<&Value>> = HashMap::new();
     for r in results {
-        m.entry(r["task_id"].as_str().expect("task_id").to_string()).or_default().push(r);
+        m.entry(r["task_id"].as_str().expect("task_id").to_string())
+            .or_default()
+            .push(r);
     }
     m
 }

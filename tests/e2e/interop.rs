@@ -34,7 +34,11 @@ fn a_task_published_by_kcat_runs_and_kcat_reads_its_result() {
     {
         let stdin = p.stdin.as_mut().unwrap();
         // One task with id and key, one without id: the worker derives it.
-        writeln!(stdin, "user-1\t{{\"kind\":\"echo\",\"id\":\"from-kcat\",\"payload\":{{\"hello\":\"kcat\"}}}}").unwrap();
+        writeln!(
+            stdin,
+            "user-1\t{{\"kind\":\"echo\",\"id\":\"from-kcat\",\"payload\":{{\"hello\":\"kcat\"}}}}"
+        )
+        .unwrap();
         writeln!(stdin, "user-2\t{{\"kind\":\"square\",\"payload\":12}}").unwrap();
     }
     assert!(p.wait().unwrap().success(), "kcat -P failed");
@@ -42,12 +46,32 @@ fn a_task_published_by_kcat_runs_and_kcat_reads_its_result() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let records = loop {
         let out = kcat()
-            .args(["-C", "-b", &broker.addr, "-t", &env.results, "-e", "-q", "-o", "beginning", "-f", "%k\t%s\n"])
+            .args([
+                "-C",
+                "-b",
+                &broker.addr,
+                "-t",
+                &env.results,
+                "-e",
+                "-q",
+                "-o",
+                "beginning",
+                "-f",
+                "%k\t%s\n",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "kcat -C failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kcat -C failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let lines: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
         if lines.len() >= 2 || Instant::now() > deadline {
             break lines;
         }
@@ -61,12 +85,21 @@ fn a_task_published_by_kcat_runs_and_kcat_reads_its_result() {
             (k.to_string(), serde_json::from_str(v).unwrap())
         })
         .collect();
-    let echo = parsed.iter().find(|(k, _)| k == "from-kcat").expect("result keyed by task id");
+    let echo = parsed
+        .iter()
+        .find(|(k, _)| k == "from-kcat")
+        .expect("result keyed by task id");
     assert_eq!(echo.1["status"], "succeeded");
     assert_eq!(echo.1["output"], serde_json::json!({"hello": "kcat"}));
     let square = parsed.iter().find(|(_, v)| v["kind"] == "square").unwrap();
     assert_eq!(square.1["output"], 144);
     let id = square.1["task_id"].as_str().unwrap();
-    assert_eq!(id, format!("{}/{}/{}", env.tasks, square.1["partition"], square.1["offset"]));
+    assert_eq!(
+        id,
+        format!(
+            "{}/{}/{}",
+            env.tasks, square.1["partition"], square.1["offset"]
+        )
+    );
     assert_eq!(square.0, id);
 }

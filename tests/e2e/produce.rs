@@ -20,7 +20,10 @@ fn bad_lines_are_reported_by_number_and_the_rest_are_sent() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("line 3: not a JSON object"), "{err}");
-    assert!(err.contains("line 4: not a task: field `kind` is missing"), "{err}");
+    assert!(
+        err.contains("line 4: not a task: field `kind` is missing"),
+        "{err}"
+    );
     assert!(err.contains("published 3 tasks (lines 1-2, 5)"), "{err}");
     assert!(err.contains("NOT published: 2 (lines 3-4)"), "{err}");
     let results = env.results(3, Duration::from_secs(60));
@@ -58,7 +61,11 @@ fn stdin_input_and_explicit_partitions_work() {
     }
     let out = env.run(&["produce", "--kind", "noop", "--partition", "99"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("partition 99 does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("partition 99 does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -72,12 +79,20 @@ fn oversized_tasks_are_refused_before_sending() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("over the 200-byte limit (producer.max_task_bytes)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over the 200-byte limit (producer.max_task_bytes)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn an_unreachable_broker_is_named_in_a_bounded_time() {
-    for args in [&["produce", "--kind", "noop"][..], &["worker"][..], &["results"][..]] {
+    for args in [
+        &["produce", "--kind", "noop"][..],
+        &["worker"][..],
+        &["results"][..],
+    ] {
         let started = Instant::now();
         let out = Command::new(sluice_bin())
             .args(args)
@@ -88,8 +103,15 @@ fn an_unreachable_broker_is_named_in_a_bounded_time() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
-        assert!(err.contains("no Kafka broker answered at 127.0.0.1:1 within 1500 ms"), "{args:?}: {err}");
-        assert!(started.elapsed() < Duration::from_secs(20), "{args:?} took {:?}", started.elapsed());
+        assert!(
+            err.contains("no Kafka broker answered at 127.0.0.1:1 within 1500 ms"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -98,13 +120,32 @@ fn bad_configuration_is_rejected_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[worker]\nconcurency = 3\n").unwrap();
-    let out = Command::new(sluice_bin()).args(["--config", path.to_str().unwrap(), "worker"]).output().unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["--config", path.to_str().unwrap(), "worker"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("concurency"), "{}", stderr(&out));
-    let out = Command::new(sluice_bin()).args(["worker"]).env("SLUICE_WORKER__CONCURRENCY", "0").output().unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["worker"])
+        .env("SLUICE_WORKER__CONCURRENCY", "0")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("worker.concurrency: must be at least 1"), "{}", stderr(&out));
-    let out = Command::new(sluice_bin()).args(["produce", "--kind", "x", "--payload", "{oops"]).env("SLUICE_BROKERS", "127.0.0.1:1").output().unwrap();
+    assert!(
+        stderr(&out).contains("worker.concurrency: must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(sluice_bin())
+        .args(["produce", "--kind", "x", "--payload", "{oops"])
+        .env("SLUICE_BROKERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--payload is not JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--payload is not JSON"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -17,7 +17,10 @@ use std::time::Duration;
 pub fn builtin() -> Registry {
     let mut r = Registry::new();
     r.register("noop", handler_fn(|_| async { Ok(Value::Null) }))
-        .register("echo", handler_fn(|t: TaskContext| async move { Ok(t.payload) }))
+        .register(
+            "echo",
+            handler_fn(|t: TaskContext| async move { Ok(t.payload) }),
+        )
         .register("sleep", handler_fn(sleep))
         .register("cpu", handler_fn(cpu))
         .register("fail", handler_fn(fail))
@@ -79,7 +82,9 @@ async fn square(t: TaskContext) -> Result<Value, HandlerError> {
         .payload
         .as_f64()
         .or_else(|| t.payload.get("n").and_then(Value::as_f64))
-        .ok_or_else(|| HandlerError::permanent(format!("square needs a number, got {}", t.payload)))?;
+        .ok_or_else(|| {
+            HandlerError::permanent(format!("square needs a number, got {}", t.payload))
+        })?;
     let y = x * x;
     Ok(if y.fract() == 0.0 && y.abs() < 9.0e15 {
         json!(y as i64)
@@ -114,7 +119,10 @@ mod tests {
     #[tokio::test]
     async fn builtins_do_what_they_say() {
         assert_eq!(run("noop", json!(1), 1).await, Ok(Value::Null));
-        assert_eq!(run("echo", json!({"a": [1]}), 1).await, Ok(json!({"a": [1]})));
+        assert_eq!(
+            run("echo", json!({"a": [1]}), 1).await,
+            Ok(json!({"a": [1]}))
+        );
         assert_eq!(run("square", json!(7), 1).await, Ok(json!(49)));
         assert_eq!(run("square", json!({"n": 3}), 1).await, Ok(json!(9)));
         let out = run("cpu", json!({"iterations": 1000}), 1).await.unwrap();
@@ -131,15 +139,30 @@ mod tests {
 
     #[tokio::test]
     async fn fail_fails_the_first_attempts_then_succeeds() {
-        assert!(matches!(run("fail", json!({"times": 2}), 1).await, Err(HandlerError::Retryable(_))));
-        assert!(matches!(run("fail", json!({"times": 2}), 2).await, Err(HandlerError::Retryable(_))));
-        assert_eq!(run("fail", json!({"times": 2}), 3).await.unwrap()["succeeded_on_attempt"], 3);
-        assert!(matches!(run("fail", json!({"permanent": true}), 9).await, Err(HandlerError::Permanent(_))));
+        assert!(matches!(
+            run("fail", json!({"times": 2}), 1).await,
+            Err(HandlerError::Retryable(_))
+        ));
+        assert!(matches!(
+            run("fail", json!({"times": 2}), 2).await,
+            Err(HandlerError::Retryable(_))
+        ));
+        assert_eq!(
+            run("fail", json!({"times": 2}), 3).await.unwrap()["succeeded_on_attempt"],
+            3
+        );
+        assert!(matches!(
+            run("fail", json!({"permanent": true}), 9).await,
+            Err(HandlerError::Permanent(_))
+        ));
     }
 
     #[tokio::test]
     async fn bad_payloads_are_permanent_errors() {
         let e = run("sleep", json!("soon"), 1).await.unwrap_err();
-        assert!(matches!(e, HandlerError::Permanent(ref m) if m.contains("`ms`")), "{e}");
+        assert!(
+            matches!(e, HandlerError::Permanent(ref m) if m.contains("`ms`")),
+            "{e}"
+        );
     }
 }

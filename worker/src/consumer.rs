@@ -12,15 +12,15 @@
 //! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
 //! synchronously.
 
-use crate::counters::Counters;
+use crate::admission::Admission;
 use crate::tracker::{OffsetTracker, Tp};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -47,24 +47,6 @@ pub(crate) struct Completion {
     pub done: bool,
 }
 
-/// Assignment epochs, readable by executors: a task whose partition epoch changed
-/// was revoked before it started and must not run here.
-#[derive(Debug, Default)]
-pub(crate) struct Assignments {
-    pub epochs: RwLock<HashMap<Tp, u64>>,
-    pub counters: Arc<Counters>,
-}
-
-impl Assignments {
-    pub fn is_current(&self, topic: &str, partition: i32, epoch: u64) -> bool {
-        self.epochs
-            .read()
-            .expect("assignments lock")
-            .get(&(topic.to_string(), partition))
-            == Some(&epoch)
-    }
-}
-
 struct PollState {
     tracker: OffsetTracker,
     completions: mpsc::Receiver<Completion>,
@@ -76,14 +58,14 @@ struct PollState {
 /// The consumer context: rebalance callbacks with access to the tracker.
 pub(crate) struct WorkerContext {
     state: Mutex<PollState>,
-    assignments: Arc<Assignments>,
+    admission: Arc<Admission>,
     drain_timeout: Duration,
 }
 
 impl WorkerContext {
     pub fn new(
         completions: mpsc::Receiver<Completion>,
-        assignments: Arc<Assignments>,
+        admission: Arc<Admission>,
         drain_timeout: Duration,
     ) -> Self {
         WorkerContext {
@@ -94,7 +76,7 @@ impl WorkerContext {
                 next_epoch: 1,
                 assignment_changed: false,
             }),
-            assignments,
+            admission,
             drain_timeout,
         }
     }
@@ -148,7 +130,12 @@ impl WorkerContext {
     }
 
     /// Waits until none of `tps` has tasks in flight, or until `deadline`.
-    fn drain(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp], deadline: Instant) -> usize {
+    fn drain(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+        tps: &[Tp],
+        deadline: Instant,
+    ) -> usize {
         loop {
             let left: usize = {
                 let st = self.state();
@@ -180,14 +167,19 @@ impl WorkerContext {
         }
         let started = Instant::now();
         match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => tracing::debug!(partitions = tpl.count(), elapsed_ms = started.elapsed().as_millis() as u64, "committed"),
-            Err(e) => tracing::warn!(error = %e, "commit failed; uncommitted tasks will run again elsewhere"),
+            Ok(()) => tracing::debug!(
+                partitions = tpl.count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "committed"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; uncommitted tasks will run again elsewhere")
+            }
         }
     }
 
     fn assigned(&self) -> Vec<Tp> {
-        let epochs = self.assignments.epochs.read().expect("assignments lock");
-        epochs.keys().cloned().collect()
+        self.admission.assigned()
     }
 }
 
@@ -206,14 +198,11 @@ impl ConsumerContext for WorkerContext {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                {
-                    let mut epochs = self.assignments.epochs.write().expect("assignments lock");
-                    for tp in &tps {
-                        epochs.remove(tp);
-                    }
-                    self.assignments.counters.assigned_partitions.store(epochs.len(), Ordering::Relaxed);
-                }
-                self.assignments.counters.rebalances.fetch_add(1, Ordering::Relaxed);
+                self.admission.close(&tps);
+                self.admission
+                    .counters
+                    .rebalances
+                    .fetch_add(1, Ordering::Relaxed);
                 let left = self.drain(consumer, &tps, Instant::now() + self.drain_timeout);
                 if left > 0 {
                     tracing::warn!(unfinished = left, "revoked partitions still had running tasks after the drain timeout; their new owner runs them again");
@@ -221,6 +210,7 @@ impl ConsumerContext for WorkerContext {
                 if !consumer.assignment_lost() {
                     self.commit(consumer, &tps);
                 }
+                self.admission.remove(&tps);
                 let mut st = self.state();
                 for tp in &tps {
                     st.tracker.revoke(tp);
@@ -240,19 +230,19 @@ impl ConsumerContext for WorkerContext {
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
             let mut st = self.state();
-            let mut epochs = self.assignments.epochs.write().expect("assignments lock");
             for tp in &tps {
-                if !epochs.contains_key(tp) {
+                if st.tracker.epoch(tp).is_none() {
                     let epoch = st.next_epoch;
                     st.next_epoch += 1;
                     st.tracker.assign(tp.clone(), epoch);
-                    epochs.insert(tp.clone(), epoch);
+                    self.admission.open(tp.clone(), epoch);
                 }
             }
             st.assignment_changed = true;
-            let counters = &self.assignments.counters;
-            counters.assigned_partitions.store(epochs.len(), Ordering::Relaxed);
-            counters.rebalances.fetch_add(1, Ordering::Relaxed);
+            self.admission
+                .counters
+                .rebalances
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(partitions = %render(&tps), "partitions assigned");
         }
     }
@@ -361,7 +351,10 @@ pub(crate) fn poll_loop(
     let unfinished = ctx.state().tracker.in_flight();
     ctx.commit(&consumer, &assigned);
     if unfinished > 0 {
-        tracing::warn!(unfinished, "shutdown deadline passed with tasks running; they will run again elsewhere");
+        tracing::warn!(
+            unfinished,
+            "shutdown deadline passed with tasks running; they will run again elsewhere"
+        );
     }
     consumer.unsubscribe();
     drop(consumer);

@@ -29,7 +29,10 @@ impl Counters {
 
     /// Total tasks with a delivered result.
     pub fn total_finished(&self) -> u64 {
-        self.finished.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.finished
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Partitions assigned now.
@@ -39,5 +42,8 @@ impl Counters {
 }
 
 fn index(s: Status) -> usize {
-    Status::ALL.iter().position(|x| *x == s).expect("every status is listed")
+    Status::ALL
+        .iter()
+        .position(|x| *x == s)
+        .expect("every status is listed")
 }

@@ -1,14 +1,15 @@
 //! Running one task: decode, look up the handler, run it (panics caught), build
 //! the result, make it durable, report completion to the poll thread.
 
-use crate::consumer::{Assignments, Completion, Incoming};
+use crate::admission::Admission;
+use crate::consumer::{Completion, Incoming};
+use crate::counters::Counters;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::results::ResultSink;
 use futures::FutureExt;
 use sluice_common::task::now_ms;
 use sluice_common::{Coordinates, Status, Task, TaskResult};
 use std::panic::AssertUnwindSafe;
-use crate::counters::Counters;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use tokio_util::sync::CancellationToken;
@@ -20,22 +21,21 @@ pub(crate) struct Executor {
     pub sink: ResultSink,
     pub worker_id: String,
     pub max_task_bytes: usize,
-    pub assignments: Arc<Assignments>,
+    pub admission: Arc<Admission>,
     pub completions: mpsc::Sender<Completion>,
-    /// Cancelled on shutdown: start nothing new.
-    pub stopping: CancellationToken,
     /// Cancelled when the shutdown deadline passes: stop retrying deliveries.
     pub give_up: CancellationToken,
     pub counters: Arc<Counters>,
 }
 
 impl Executor {
-    /// Runs the handler for `inc`; `None` when the task must not run here
-    /// (partition revoked or worker stopping), in which case it was handed back.
+    /// Runs the handler for `inc`; `None` when the task must not run here (see
+    /// [`Admission`]), in which case it was handed back.
     pub async fn execute_record(&self, inc: &Incoming) -> Option<TaskResult> {
-        let runnable = !self.stopping.is_cancelled()
-            && self.assignments.is_current(&inc.topic, inc.partition, inc.epoch);
-        if runnable {
+        if self
+            .admission
+            .admit(&inc.topic, inc.partition, inc.epoch, inc.offset)
+        {
             Some(self.execute(inc).await)
         } else {
             self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -76,7 +76,16 @@ impl Executor {
             Err(e) => {
                 let id = coords.derived_id();
                 tracing::warn!(error = %e, task.id = %id, "unreadable task record");
-                return self.result(&coords, id, None, record_ms, started_ms, Status::Failed, None, Some(e.to_string()));
+                return self.result(
+                    &coords,
+                    id,
+                    None,
+                    record_ms,
+                    started_ms,
+                    Status::Failed,
+                    None,
+                    Some(e.to_string()),
+                );
             }
         };
         let id = task.id.clone().unwrap_or_else(|| coords.derived_id());
@@ -87,16 +96,39 @@ impl Executor {
         match outcome {
             Ok(output) => {
                 tracing::debug!("task succeeded");
-                self.result(&coords, id, Some(&task), created_ms, started_ms, Status::Succeeded, Some(output), None)
+                self.result(
+                    &coords,
+                    id,
+                    Some(&task),
+                    created_ms,
+                    started_ms,
+                    Status::Succeeded,
+                    Some(output),
+                    None,
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "task failed");
-                self.result(&coords, id, Some(&task), created_ms, started_ms, Status::Failed, None, Some(e.to_string()))
+                self.result(
+                    &coords,
+                    id,
+                    Some(&task),
+                    created_ms,
+                    started_ms,
+                    Status::Failed,
+                    None,
+                    Some(e.to_string()),
+                )
             }
         }
     }
 
-    async fn call(&self, task: &Task, id: &str, inc: &Incoming) -> Result<serde_json::Value, HandlerError> {
+    async fn call(
+        &self,
+        task: &Task,
+        id: &str,
+        inc: &Incoming,
+    ) -> Result<serde_json::Value, HandlerError> {
         let Some(handler) = self.registry.get(&task.kind) else {
             return Err(HandlerError::permanent(format!(
                 "unknown kind `{}`; this worker runs: {}",
@@ -109,7 +141,10 @@ impl Executor {
             kind: task.kind.clone(),
             payload: task.payload.clone(),
             attempt: task.attempt(),
-            key: inc.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: inc
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             job: task.job.clone(),
         };
         match AssertUnwindSafe(handler.handle(ctx)).catch_unwind().await {

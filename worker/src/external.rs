@@ -56,7 +56,8 @@ impl Handler for External {
             drop(stdin);
         };
         let (_, out) = tokio::join!(writer, child.wait_with_output());
-        let out = out.map_err(|e| HandlerError::retryable(format!("`{}`: {e}", self.cfg.command)))?;
+        let out =
+            out.map_err(|e| HandlerError::retryable(format!("`{}`: {e}", self.cfg.command)))?;
         if !out.status.success() {
             let tail = tail(&out.stderr, self.cfg.stderr_tail_bytes);
             let code = out
@@ -114,16 +115,25 @@ mod tests {
     async fn stdin_in_stdout_out() {
         let out = sh("cat").handle(ctx(json!({"a": 1}))).await.unwrap();
         assert_eq!(out, json!({"a": 1}));
-        let out = sh("wc -w").handle(ctx(json!("one two three"))).await.unwrap();
+        let out = sh("wc -w")
+            .handle(ctx(json!("one two three")))
+            .await
+            .unwrap();
         assert_eq!(out, json!(3));
-        let out = sh("echo \"$SLUICE_TASK_ID:$SLUICE_TASK_ATTEMPT\"").handle(ctx(Value::Null)).await.unwrap();
+        let out = sh("echo \"$SLUICE_TASK_ID:$SLUICE_TASK_ATTEMPT\"")
+            .handle(ctx(Value::Null))
+            .await
+            .unwrap();
         assert_eq!(out, json!("id-1:2"));
     }
 
     #[tokio::test]
     async fn failures_carry_the_stderr_tail() {
         // 16 bytes of tail: the last 15 characters and the newline.
-        let e = sh("echo 0123456789abcdefXYZ >&2; exit 3").handle(ctx(Value::Null)).await.unwrap_err();
+        let e = sh("echo 0123456789abcdefXYZ >&2; exit 3")
+            .handle(ctx(Value::Null))
+            .await
+            .unwrap_err();
         assert_eq!(
             e,
             HandlerError::Retryable("`sh` exited with code 3: 456789abcdefXYZ".into())
@@ -134,6 +144,9 @@ mod tests {
             env: Default::default(),
             stderr_tail_bytes: 10,
         });
-        assert!(matches!(missing.handle(ctx(Value::Null)).await, Err(HandlerError::Permanent(_))));
+        assert!(matches!(
+            missing.handle(ctx(Value::Null)).await,
+            Err(HandlerError::Permanent(_))
+        ));
     }
 }

@@ -32,7 +32,12 @@ pub(crate) struct Lanes {
 }
 
 impl Lanes {
-    pub fn new(ordering: Ordering, concurrency: usize, executor: Arc<Executor>, tasks: TaskTracker) -> Arc<Self> {
+    pub fn new(
+        ordering: Ordering,
+        concurrency: usize,
+        executor: Arc<Executor>,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
         Arc::new(Lanes {
             ordering,
             queues: Mutex::new(HashMap::new()),
@@ -74,7 +79,8 @@ impl Lanes {
             queues.insert(lane.clone(), VecDeque::new());
         }
         let this = self.clone();
-        self.tasks.spawn(async move { this.run_lane(lane, inc).await });
+        self.tasks
+            .spawn(async move { this.run_lane(lane, inc).await });
     }
 
     async fn run_lane(self: Arc<Self>, lane: LaneKey, first: Incoming) {
@@ -97,12 +103,17 @@ impl Lanes {
     /// while its offset still waits for the delivery.
     async fn run_one(&self, inc: Incoming) {
         let result = {
-            let _permit = self.permits.acquire().await.expect("semaphore never closes");
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closes");
             self.executor.execute_record(&inc).await
         };
         if let Some(result) = result {
             let executor = self.executor.clone();
-            self.tasks.spawn(async move { executor.deliver(inc, result).await });
+            self.tasks
+                .spawn(async move { executor.deliver(inc, result).await });
         }
     }
 }

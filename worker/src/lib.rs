@@ -26,11 +26,13 @@
 //! - [`tracker`]: the offset tracker.
 //! - [`counters`]: live [`Counters`] of a running worker.
 //! - `consumer`: the poll thread and rebalance handling.
+//! - `admission`: which handed-out tasks may still start when a partition closes.
 //! - `lanes`: ordering modes and the concurrency limit.
 //! - `execute`: one task from record to durable result.
 //! - `results`: result publishing with retries.
 //! - [`worker`]: [`run`], the supervisor.
 
+mod admission;
 pub mod builtin;
 mod consumer;
 pub mod counters;

@@ -22,7 +22,11 @@ impl ResultSink {
     /// Publishes `result`, retrying with backoff until Kafka acknowledges it, and
     /// returns the status that was delivered. `None` when `give_up` fired first:
     /// the result is not durable and the task's offset must not be stored.
-    pub async fn deliver(&self, result: &TaskResult, give_up: &CancellationToken) -> Option<Status> {
+    pub async fn deliver(
+        &self,
+        result: &TaskResult,
+        give_up: &CancellationToken,
+    ) -> Option<Status> {
         let value = serde_json::to_vec(result).expect("a result always serializes");
         let mut backoff = Duration::from_millis(100);
         loop {

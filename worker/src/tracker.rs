@@ -134,7 +134,11 @@ mod tests {
         assert_eq!(p.take_advance(), Some(13));
         p.abandon(13);
         p.finish(14);
-        assert_eq!(p.committable(), Some(13), "abandoned offsets pin the position");
+        assert_eq!(
+            p.committable(),
+            Some(13),
+            "abandoned offsets pin the position"
+        );
         assert_eq!(p.in_flight(), 0);
     }
 

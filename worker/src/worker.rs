@@ -1,7 +1,8 @@
 //! The worker supervisor: sets up clients, starts the poll thread, routes records
 //! into lanes, and on shutdown drains within a deadline.
 
-use crate::consumer::{poll_loop, Assignments, PollLimits, WorkerContext};
+use crate::admission::Admission;
+use crate::consumer::{poll_loop, PollLimits, WorkerContext};
 use crate::counters::Counters;
 use crate::execute::Executor;
 use crate::external::External;
@@ -45,7 +46,10 @@ pub struct Summary {
 }
 
 /// Adds the external-process handlers of `cfg` to `registry`.
-pub fn with_external_handlers(mut registry: Registry, cfg: &Config) -> Result<Registry, WorkerError> {
+pub fn with_external_handlers(
+    mut registry: Registry,
+    cfg: &Config,
+) -> Result<Registry, WorkerError> {
     for (kind, h) in &cfg.worker.handlers {
         if registry.get(kind).is_some() {
             return Err(WorkerError::Handler {
@@ -59,7 +63,11 @@ pub fn with_external_handlers(mut registry: Registry, cfg: &Config) -> Result<Re
 }
 
 /// Runs a worker until `shutdown` is cancelled, then drains and commits.
-pub async fn run(cfg: Config, registry: Registry, shutdown: CancellationToken) -> Result<Summary, WorkerError> {
+pub async fn run(
+    cfg: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<Summary, WorkerError> {
     run_with(cfg, registry, shutdown, Arc::new(Counters::default())).await
 }
 
@@ -76,11 +84,12 @@ pub async fn run_with(
     let producer = kafka::producer(&cfg, &worker_id)?;
 
     let (done_tx, done_rx) = mpsc::channel();
-    let assignments = Arc::new(Assignments {
-        epochs: Default::default(),
-        counters: counters.clone(),
-    });
-    let context = WorkerContext::new(done_rx, assignments.clone(), Duration::from_millis(w.drain_timeout_ms));
+    let admission = Arc::new(Admission::new(shutdown.clone(), counters.clone()));
+    let context = WorkerContext::new(
+        done_rx,
+        admission.clone(),
+        Duration::from_millis(w.drain_timeout_ms),
+    );
     let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&cfg, &worker_id)
         .create_with_context(context)
         .map_err(sluice_common::Error::client)?;
@@ -95,9 +104,8 @@ pub async fn run_with(
         sink: ResultSink::new(producer.clone(), cfg.topics.results.clone()),
         worker_id: worker_id.clone(),
         max_task_bytes: w.max_task_bytes,
-        assignments,
+        admission,
         completions: done_tx,
-        stopping: shutdown.clone(),
         give_up: give_up.clone(),
         counters: counters.clone(),
     });

@@ -17,8 +17,14 @@ use tokio_util::sync::CancellationToken;
 fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
     let mut cfg = Config::default();
     let topics = [
-        TopicSpec { name: cfg.topics.tasks.clone(), partitions },
-        TopicSpec { name: cfg.topics.results.clone(), partitions },
+        TopicSpec {
+            name: cfg.topics.tasks.clone(),
+            partitions,
+        },
+        TopicSpec {
+            name: cfg.topics.results.clone(),
+            partitions,
+        },
     ];
     let b = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, partitions).unwrap();
     cfg.kafka.brokers = b.bootstrap();
@@ -28,12 +34,23 @@ fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
     (b, cfg)
 }
 
-fn worker(cfg: &Config, id: &str, registry: Registry) -> (CancellationToken, tokio::task::JoinHandle<sluice_worker::Summary>) {
+fn worker(
+    cfg: &Config,
+    id: &str,
+    registry: Registry,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<sluice_worker::Summary>,
+) {
     let mut c = cfg.clone();
     c.worker.id = Some(id.to_string());
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let h = tokio::spawn(async move { sluice_worker::run(c, registry, s).await.expect("worker runs") });
+    let h = tokio::spawn(async move {
+        sluice_worker::run(c, registry, s)
+            .await
+            .expect("worker runs")
+    });
     (stop, h)
 }
 
@@ -56,7 +73,9 @@ async fn results(cfg: &Config, n: usize, timeout: Duration) -> Vec<TaskResult> {
     let mut ids = std::collections::HashSet::new();
     let deadline = Instant::now() + timeout;
     let mut complete: Option<Instant> = None;
-    while Instant::now() < deadline && complete.is_none_or(|t| t.elapsed() < Duration::from_millis(700)) {
+    while Instant::now() < deadline
+        && complete.is_none_or(|t| t.elapsed() < Duration::from_millis(700))
+    {
         if let Next::Result(r) = reader.next(Duration::from_millis(100)).await {
             ids.insert(r.task_id.clone());
             all.push(*r);
@@ -65,7 +84,11 @@ async fn results(cfg: &Config, n: usize, timeout: Duration) -> Vec<TaskResult> {
             }
         }
     }
-    assert!(ids.len() >= n, "only {} of {n} results arrived within {timeout:?}", ids.len());
+    assert!(
+        ids.len() >= n,
+        "only {} of {n} results arrived within {timeout:?}",
+        ids.len()
+    );
     all
 }
 
@@ -102,10 +125,19 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
     // Records no Sluice producer would write: a foreign client's mistakes.
     let raw: FutureProducer = kafka::producer_config(&cfg, "raw").create().unwrap();
     let big = format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(3_000));
-    for value in [b"not json at all".to_vec(), br#"{"payload":1}"#.to_vec(), big.into_bytes()] {
-        raw.send(FutureRecord::<(), _>::to(&cfg.topics.tasks).payload(&value).partition(0), Timeout::Never)
-            .await
-            .unwrap();
+    for value in [
+        b"not json at all".to_vec(),
+        br#"{"payload":1}"#.to_vec(),
+        big.into_bytes(),
+    ] {
+        raw.send(
+            FutureRecord::<(), _>::to(&cfg.topics.tasks)
+                .payload(&value)
+                .partition(0),
+            Timeout::Never,
+        )
+        .await
+        .unwrap();
     }
     raw.flush(Duration::from_secs(5)).unwrap();
 
@@ -132,19 +164,43 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
     }
     let unknown = ids[special[0].id()][0];
     assert_eq!(unknown.status, Status::Failed);
-    assert!(unknown.error.as_ref().unwrap().contains("unknown kind `no-such-kind`"), "{unknown:?}");
+    assert!(
+        unknown
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("unknown kind `no-such-kind`"),
+        "{unknown:?}"
+    );
     let failed = ids[special[1].id()][0];
     assert_eq!(failed.status, Status::Failed);
     let malformed: Vec<&TaskResult> = all.iter().filter(|r| r.kind.is_empty()).collect();
     assert_eq!(malformed.len(), 3, "{malformed:?}");
     for r in &malformed {
         assert_eq!(r.status, Status::Failed);
-        assert_eq!(r.task_id, format!("{}/{}/{}", r.topic, r.partition, r.offset));
+        assert_eq!(
+            r.task_id,
+            format!("{}/{}/{}", r.topic, r.partition, r.offset)
+        );
     }
-    let errors: Vec<&str> = malformed.iter().map(|r| r.error.as_deref().unwrap()).collect();
-    assert!(errors.iter().any(|e| e.contains("not a task")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("`kind` is missing")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("over the 2000-byte task limit")), "{errors:?}");
+    let errors: Vec<&str> = malformed
+        .iter()
+        .map(|r| r.error.as_deref().unwrap())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("not a task")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("`kind` is missing")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("over the 2000-byte task limit")),
+        "{errors:?}"
+    );
 }
 
 /// Records, per key, the order tasks started in and whether two ever overlapped.
@@ -192,7 +248,9 @@ async fn same_key_tasks_run_in_order_while_other_keys_run_in_parallel() {
     cfg.worker.concurrency = 8;
     cfg.worker.ordering = Ordering::Key;
     let tasks: Vec<Outgoing> = (0..30u64)
-        .flat_map(|seq| (0..6).map(move |k| task("step", json!({"seq": seq}), Some(&format!("key-{k}")))))
+        .flat_map(|seq| {
+            (0..6).map(move |k| task("step", json!({"seq": seq}), Some(&format!("key-{k}"))))
+        })
         .collect();
     publish(&cfg, &tasks).await;
     let log = Arc::new(Mutex::new(OrderLog::default()));
@@ -214,7 +272,9 @@ async fn without_key_ordering_the_same_key_overlaps() {
     let (_b, mut cfg) = broker(1);
     cfg.worker.concurrency = 8;
     cfg.worker.ordering = Ordering::None;
-    let tasks: Vec<Outgoing> = (0..40u64).map(|seq| task("step", json!({"seq": seq}), Some("one-key"))).collect();
+    let tasks: Vec<Outgoing> = (0..40u64)
+        .map(|seq| task("step", json!({"seq": seq}), Some("one-key")))
+        .collect();
     publish(&cfg, &tasks).await;
     let log = Arc::new(Mutex::new(OrderLog::default()));
     let (stop, h) = worker(&cfg, "w1", ordered_registry(log.clone()));
@@ -232,7 +292,9 @@ async fn two_workers_share_the_partitions() {
     let (s2, h2) = worker(&cfg, "w2", sluice_worker::builtin());
     // Let both join before the work arrives, so neither takes it all.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let tasks: Vec<Outgoing> = (0..400).map(|_| task("sleep", json!({"ms": 5}), None)).collect();
+    let tasks: Vec<Outgoing> = (0..400)
+        .map(|_| task("sleep", json!({"ms": 5}), None))
+        .collect();
     publish(&cfg, &tasks).await;
     let all = results(&cfg, 400, Duration::from_secs(60)).await;
     s1.cancel();
@@ -243,11 +305,20 @@ async fn two_workers_share_the_partitions() {
     assert!(ids.values().all(|v| v.len() == 1), "duplicates");
     let mut parts: HashMap<&str, std::collections::BTreeSet<i32>> = HashMap::new();
     for r in &all {
-        parts.entry(r.worker.as_str()).or_default().insert(r.partition);
+        parts
+            .entry(r.worker.as_str())
+            .or_default()
+            .insert(r.partition);
     }
     assert_eq!(parts.len(), 2, "both workers ran tasks: {parts:?}");
-    assert!(parts["w1"].is_disjoint(&parts["w2"]), "a partition was served by both: {parts:?}");
-    assert_eq!(a.counters.total_finished() + b.counters.total_finished(), 400);
+    assert!(
+        parts["w1"].is_disjoint(&parts["w2"]),
+        "a partition was served by both: {parts:?}"
+    );
+    assert_eq!(
+        a.counters.total_finished() + b.counters.total_finished(),
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +340,11 @@ async fn graceful_shutdown_commits_so_a_restarted_worker_reprocesses_nothing() {
     let all = results(&cfg, 250, Duration::from_secs(60)).await;
     s2.cancel();
     let b = h2.await.unwrap();
-    assert_eq!(b.counters.total_finished(), 50, "the restarted worker re-ran committed tasks");
+    assert_eq!(
+        b.counters.total_finished(),
+        50,
+        "the restarted worker re-ran committed tasks"
+    );
     assert_eq!(all.len(), 250);
 }
 
@@ -280,7 +355,9 @@ async fn a_tiny_buffer_pauses_partitions_and_loses_nothing() {
     cfg.worker.max_buffered_tasks = 4;
     cfg.worker.group_protocol = GroupProtocol::Classic;
     cfg.worker.session_timeout_ms = 6_000;
-    let tasks: Vec<Outgoing> = (0..300).map(|i| task("sleep", json!({"ms": i % 3}), Some(&format!("k{}", i % 5)))).collect();
+    let tasks: Vec<Outgoing> = (0..300)
+        .map(|i| task("sleep", json!({"ms": i % 3}), Some(&format!("k{}", i % 5))))
+        .collect();
     publish(&cfg, &tasks).await;
     let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
     let all = results(&cfg, 300, Duration::from_secs(60)).await;
@@ -310,7 +387,62 @@ async fn an_output_too_large_for_a_result_record_becomes_a_failed_result() {
     let ids = by_id(&all);
     let r = ids[big.id()][0];
     assert_eq!(r.status, Status::Failed);
-    assert!(r.error.as_ref().unwrap().contains("output dropped"), "{r:?}");
-    assert_eq!(ids[small.id()][0].status, Status::Succeeded, "the partition kept flowing");
+    assert!(
+        r.error.as_ref().unwrap().contains("output dropped"),
+        "{r:?}"
+    );
+    assert_eq!(
+        ids[small.id()][0].status,
+        Status::Succeeded,
+        "the partition kept flowing"
+    );
     assert_eq!(summary.counters.finished_with(Status::Failed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_mid_run_with_key_lanes_leaves_nothing_to_repeat() {
+    // Keyed lanes start tasks out of offset order; stopping must not abandon an
+    // offset below one that ran, or the next worker would repeat the later one.
+    let (_b, cfg) = broker(2);
+    let mut c = cfg.clone();
+    c.worker.concurrency = 4;
+    let tasks: Vec<Outgoing> = (0..240)
+        .map(|i| {
+            task(
+                "sleep",
+                json!({"ms": 5 + (i * 7) % 11}),
+                Some(&format!("key-{}", i % 6)),
+            )
+        })
+        .collect();
+    publish(&c, &tasks).await;
+    let (s1, h1) = worker(&c, "first", sluice_worker::builtin());
+    let mut reader = ResultReader::open(&c, Start::Beginning).await.unwrap();
+    let mut seen = 0;
+    while seen < 40 {
+        if let Next::Result(_) = reader.next(Duration::from_secs(30)).await {
+            seen += 1;
+        }
+    }
+    s1.cancel();
+    let a = h1.await.unwrap();
+    assert!(
+        a.counters.total_finished() < 240,
+        "the stop came too late to test anything"
+    );
+    let (s2, h2) = worker(&c, "second", sluice_worker::builtin());
+    let all = results(&c, 240, Duration::from_secs(60)).await;
+    s2.cancel();
+    let b = h2.await.unwrap();
+    let ids = by_id(&all);
+    let dups: Vec<_> = ids
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(dups.is_empty(), "{} tasks ran twice: {dups:?}", dups.len());
+    assert_eq!(
+        a.counters.total_finished() + b.counters.total_finished(),
+        240
+    );
 }
