@@ -13,15 +13,15 @@
 //!
 //! ## The model
 //! One OS thread owns the Kafka consumer and never blocks on tasks
-//! ([`consumer`](crate::consumer)); records flow to ordering lanes ([`lanes`](crate::lanes))
-//! which run them under a concurrency limit ([`execute`](crate::execute)); completions
+//! (`consumer`); records flow to ordering lanes (`lanes`) which run them under a
+//! concurrency limit (`execute`); completions
 //! flow back to the poll thread, whose [`tracker`] decides what may be committed.
 //! When too many tasks are buffered the poll thread pauses its partitions but keeps
 //! polling, so slow tasks never push a worker out of its group.
 //!
 //! # Layout
 //! - [`handler`]: the [`Handler`] trait, [`HandlerError`], the [`Registry`].
-//! - [`builtin`]: built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).
+//! - [`builtin`](mod@builtin): built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).
 //! - [`external`]: kinds served by external programs.
 //! - [`tracker`]: the offset tracker.
 //! - [`counters`]: live [`Counters`] of a running worker.
