@@ -36,6 +36,11 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// How long to wait for the cluster before reporting it unreachable.
     pub connect_timeout_ms: u64,
+    /// Longest time a broker may hold a fetch request open when there is no data
+    /// (librdkafka's `fetch.wait.max.ms`; its default is 500). Apache Kafka answers
+    /// as soon as records arrive; the embedded broker waits the full time, so lower
+    /// it there for latency.
+    pub fetch_wait_max_ms: u64,
     /// Raw librdkafka properties, applied after everything Sluice sets, so they win.
     /// Values are secret-safe: they are never logged.
     pub librdkafka_options: BTreeMap<String, String>,
@@ -46,6 +51,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             connect_timeout_ms: 10_000,
+            fetch_wait_max_ms: 500,
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -57,6 +63,7 @@ impl std::fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field(
                 "librdkafka_options",
                 &self.librdkafka_options.keys().collect::<Vec<_>>(),

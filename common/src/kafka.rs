@@ -58,7 +58,8 @@ pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", w.commit_interval_ms.to_string())
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string());
     match w.group_protocol {
         GroupProtocol::Classic => {
             c.set("partition.assignment.strategy", "cooperative-sticky")
@@ -84,7 +85,8 @@ pub fn reader_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string());
     finish(c, cfg)
 }
 
@@ -271,3 +273,13 @@ impl ClientContext for QuietContext {
     }
 }
 impl ConsumerContext for QuietContext {}
+
+/// A consumer that looks at a group from outside, for `sluice status`. It carries
+/// the group's id only so that OffsetFetch answers for that group; callers must
+/// never subscribe with it (that would join the group and trigger a rebalance),
+/// and it never commits.
+pub fn group_observer(cfg: &Config, group: &str) -> Result<BaseConsumer<QuietContext>, Error> {
+    admin_consumer_config(cfg, group, "sluice-status")
+        .create_with_context(QuietContext)
+        .map_err(Error::client)
+}
