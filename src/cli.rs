@@ -35,6 +35,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Read task results.
     Results(ResultsArgs),
+    /// Show a worker group: members, partitions, committed offsets, lag, rate.
+    Status(StatusArgs),
     /// Start a broker and workers, run a demo workload, print a summary.
     Dev(DevArgs),
 }
@@ -151,6 +153,26 @@ pub struct ResultsArgs {
     pub new_only: bool,
 }
 
+/// `sluice status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Consumer group (overrides worker.group).
+    #[arg(long, short = 'g')]
+    pub group: Option<String>,
+    /// Task topic (overrides topics.tasks).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+    /// Refresh every --interval-ms until Ctrl-C.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+    /// With --watch: time between refreshes, and the window of the rate.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub interval_ms: u64,
+    /// One JSON document per snapshot, on one line, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `sluice dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -234,6 +256,10 @@ impl Cli {
             }
             Command::Produce(p) => set(&mut cfg.topics.tasks, &p.topic),
             Command::Results(r) => set(&mut cfg.topics.results, &r.topic),
+            Command::Status(s) => {
+                set(&mut cfg.worker.group, &s.group);
+                set(&mut cfg.topics.tasks, &s.topic);
+            }
             // `dev` prints its own summary; task failures it provokes on purpose
             // are not news. RUST_LOG still overrides this.
             Command::Dev(_) if cfg.log == Default::default() => cfg.log.level = "error".into(),

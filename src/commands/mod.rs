@@ -4,6 +4,7 @@ mod broker;
 mod dev;
 mod produce;
 mod results;
+mod status;
 mod worker;
 
 use crate::cli::Command;
@@ -17,6 +18,7 @@ pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Worker(a) => worker::run(a, cfg).await,
         Command::Produce(a) => produce::run(a, cfg).await,
         Command::Results(a) => results::run(a, cfg).await,
+        Command::Status(a) => status::run(a, cfg).await,
         Command::Dev(a) => dev::run(a, cfg).await,
     }
 }

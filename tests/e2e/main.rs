@@ -10,3 +10,4 @@ mod harness;
 mod interop;
 mod pipeline;
 mod produce;
+mod status;
