@@ -37,8 +37,57 @@ pub enum Command {
     Results(ResultsArgs),
     /// Show a worker group: members, partitions, committed offsets, lag, rate.
     Status(StatusArgs),
+    /// List or replay dead-lettered tasks.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Start a broker and workers, run a demo workload, print a summary.
     Dev(DevArgs),
+}
+
+/// `sluice dlq`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show every dead-lettered record and why it is there.
+    List(DlqListArgs),
+    /// Publish dead-lettered tasks again, to the topic they came from, attempts reset.
+    Replay(DlqReplayArgs),
+}
+
+/// Which dead letters a command applies to.
+#[derive(Debug, Args)]
+pub struct DlqFilter {
+    /// Only tasks of this kind.
+    #[arg(long, short = 'k')]
+    pub kind: Option<String>,
+    /// Only this task id (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Task topic whose dead letters to use (overrides topics.tasks; the DLQ is
+    /// topics.dead_letter, default `<tasks>.dlq`).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+}
+
+/// `sluice dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Which records.
+    #[command(flatten)]
+    pub filter: DlqFilter,
+    /// Output format (default: table on a terminal, JSON lines otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<ResultsFormat>,
+}
+
+/// `sluice dlq replay`.
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// Which records.
+    #[command(flatten)]
+    pub filter: DlqFilter,
+    /// Show what would be replayed without publishing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `sluice broker`.
@@ -259,6 +308,10 @@ impl Cli {
             Command::Status(s) => {
                 set(&mut cfg.worker.group, &s.group);
                 set(&mut cfg.topics.tasks, &s.topic);
+            }
+            Command::Dlq(DlqCommand::List(DlqListArgs { filter, .. }))
+            | Command::Dlq(DlqCommand::Replay(DlqReplayArgs { filter, .. })) => {
+                set(&mut cfg.topics.tasks, &filter.topic)
             }
             // `dev` prints its own summary; task failures it provokes on purpose
             // are not news. RUST_LOG still overrides this.

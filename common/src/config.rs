@@ -80,6 +80,11 @@ pub struct TopicsConfig {
     pub tasks: String,
     /// Where every task's outcome is published.
     pub results: String,
+    /// Where unordered tasks wait for their next attempt. Default `<tasks>.retry`.
+    pub retry: Option<String>,
+    /// Where records that cannot succeed are kept, with headers saying why.
+    /// Default `<tasks>.dlq`.
+    pub dead_letter: Option<String>,
     /// Partitions for topics Sluice creates (brokers with a CreateTopics API).
     pub partitions: i32,
     /// Replication factor for topics Sluice creates; 1 suits a single-node broker.
@@ -91,9 +96,27 @@ impl Default for TopicsConfig {
         TopicsConfig {
             tasks: "sluice.tasks".into(),
             results: "sluice.results".into(),
+            retry: None,
+            dead_letter: None,
             partitions: 8,
             replication_factor: 1,
         }
+    }
+}
+
+impl TopicsConfig {
+    /// The retry topic's name.
+    pub fn retry_topic(&self) -> String {
+        self.retry
+            .clone()
+            .unwrap_or_else(|| format!("{}.retry", self.tasks))
+    }
+
+    /// The dead-letter topic's name.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.tasks))
     }
 }
 
@@ -149,6 +172,57 @@ pub struct WorkerConfig {
     pub group_protocol: GroupProtocol,
     /// External-process handlers by kind.
     pub handlers: BTreeMap<String, ExternalHandlerConfig>,
+    /// Retries of retryable failures.
+    pub retry: RetryConfig,
+    /// Time limit of one attempt, for kinds without their own; none when absent.
+    pub timeout_ms: Option<u64>,
+    /// Per-kind overrides.
+    pub kinds: BTreeMap<String, KindConfig>,
+    /// Move records that cannot succeed to the dead-letter topic (result
+    /// `dead_lettered`); when false they only get a `failed` result.
+    pub dead_letters: bool,
+    /// Safety valve: stop the worker (exit 1, with a report) when more records than
+    /// this are dead-lettered within a minute. 0 disables it.
+    pub max_dead_letters_per_minute: u64,
+}
+
+/// Retry policy: exponential backoff with jitter, capped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 disables retries.
+    pub max_attempts: u32,
+    /// Wait before the second attempt.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between attempts.
+    pub backoff_max_ms: u64,
+    /// Growth of the wait per attempt.
+    pub backoff_multiplier: f64,
+    /// Random spread of each wait, as a fraction (0.2 = ±20 %), so retries of many
+    /// tasks that failed together do not arrive together.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            backoff_multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Settings of one task kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KindConfig {
+    /// Attempts in all for this kind (a task's own `max_attempts` wins).
+    pub max_attempts: Option<u32>,
+    /// Time limit of one attempt (a task's own `timeout_ms` wins).
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -166,6 +240,11 @@ impl Default for WorkerConfig {
             session_timeout_ms: 45_000,
             group_protocol: GroupProtocol::Classic,
             handlers: BTreeMap::new(),
+            retry: RetryConfig::default(),
+            timeout_ms: None,
+            kinds: BTreeMap::new(),
+            dead_letters: true,
+            max_dead_letters_per_minute: 0,
         }
     }
 }
@@ -185,6 +264,10 @@ pub struct ExternalHandlerConfig {
     /// How many bytes of stderr to keep as the error of a failed run.
     #[serde(default = "default_stderr_tail_bytes")]
     pub stderr_tail_bytes: usize,
+    /// Exit codes meaning the task can never succeed: dead-lettered at once. Other
+    /// non-zero codes are retryable.
+    #[serde(default)]
+    pub permanent_exit_codes: Vec<i32>,
 }
 
 fn default_stderr_tail_bytes() -> usize {
@@ -322,6 +405,47 @@ impl Config {
         }
         if self.worker.group.is_empty() {
             return fail("worker.group", "must not be empty");
+        }
+        let r = &self.worker.retry;
+        if r.max_attempts == 0 {
+            return fail(
+                "worker.retry.max_attempts",
+                "must be at least 1 (1 = no retries)",
+            );
+        }
+        if r.backoff_multiplier < 1.0 || !r.backoff_multiplier.is_finite() {
+            return fail(
+                "worker.retry.backoff_multiplier",
+                "must be a number of at least 1",
+            );
+        }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            return fail("worker.retry.jitter", "must be between 0 and 1");
+        }
+        if r.backoff_initial_ms > r.backoff_max_ms {
+            return fail(
+                "worker.retry.backoff_initial_ms",
+                "must not exceed backoff_max_ms",
+            );
+        }
+        let names = [
+            self.topics.tasks.clone(),
+            self.topics.results.clone(),
+            self.topics.retry_topic(),
+            self.topics.dead_letter_topic(),
+        ];
+        for (i, a) in names.iter().enumerate() {
+            if names[i + 1..].contains(a) {
+                return fail("topics", &format!("`{a}` is used for two purposes"));
+            }
+        }
+        for (kind, k) in &self.worker.kinds {
+            if k.max_attempts == Some(0) {
+                return fail(
+                    &format!("worker.kinds.{kind}.max_attempts"),
+                    "must be at least 1",
+                );
+            }
         }
         for (kind, h) in &self.worker.handlers {
             if h.command.is_empty() {

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`task`]: wire format v1 — [`Task`], [`TaskResult`], [`Status`].
 //! - [`config`]: [`Config`] and its layered loading (defaults → TOML → env).
+//! - [`dead_letter`]: headers of dead-letter records.
 //! - [`kafka`]: builds producers and consumers; creates topics.
 //! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
 //! - [`shutdown`]: the process-wide cancellation token.
@@ -15,6 +16,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod kafka;
 pub mod shutdown;

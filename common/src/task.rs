@@ -46,6 +46,9 @@ pub struct Task {
     /// Attempt number, starting at 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Attempts allowed for this task, overriding the worker's per-kind setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     /// Membership in a job made of sub-tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobRef>,
@@ -66,6 +69,7 @@ impl Task {
             expected_ms: None,
             resources: None,
             attempt: None,
+            max_attempts: None,
             job: None,
         }
     }
@@ -279,6 +283,7 @@ mod tests {
         t.expected_ms = Some(13);
         t.resources = Some(json!({"cpu": 2}));
         t.attempt = Some(2);
+        t.max_attempts = Some(4);
         t.job = Some(JobRef {
             id: "j".into(),
             index: 4,

@@ -10,14 +10,19 @@
 //! - [`input`]: task input from JSON lines; [`Outgoing`] is a task with its key.
 //! - [`partitioner`]: murmur2 and round-robin partition choice.
 //! - [`publisher`]: [`Publisher`], which sends and awaits delivery reports.
+//! - [`reader`]: [`TopicReader`], a whole topic outside any group.
 //! - [`results`]: [`ResultReader`], which reads outcomes back.
+//! - [`dlq`]: the dead-letter topic, listed and replayed.
 
+pub mod dlq;
 pub mod input;
 pub mod partitioner;
 pub mod publisher;
+pub mod reader;
 pub mod results;
 
 pub use input::{InputError, Outgoing};
 pub use partitioner::Partitioner;
 pub use publisher::{Delivered, PublishError, Publisher};
-pub use results::{Next, ResultReader, Start};
+pub use reader::{Start, Step, TopicReader};
+pub use results::{Next, ResultReader};

@@ -2,6 +2,7 @@
 
 mod broker;
 mod dev;
+mod dlq;
 mod produce;
 mod results;
 mod status;
@@ -19,6 +20,7 @@ pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Produce(a) => produce::run(a, cfg).await,
         Command::Results(a) => results::run(a, cfg).await,
         Command::Status(a) => status::run(a, cfg).await,
+        Command::Dlq(c) => dlq::run(c, cfg).await,
         Command::Dev(a) => dev::run(a, cfg).await,
     }
 }

@@ -5,6 +5,8 @@
 //! broker`) or `tansu` (a `tansu` process; it must be on PATH or the test fails
 //! saying so). Tests that need kcat are in the `external-tools` feature.
 
+mod compose;
+mod dlq;
 mod harness;
 #[cfg(feature = "external-tools")]
 mod interop;

@@ -95,7 +95,7 @@ fn external_program_handlers_run_from_config() {
     let env = Env::new(&broker, "external");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");
-    std::fs::write(&cfg, "[worker.handlers.wordcount]\ncommand = \"wc\"\nargs = [\"-w\"]\n\n[worker.handlers.broken]\ncommand = \"sh\"\nargs = [\"-c\", \"echo cannot do it >&2; exit 4\"]\n").unwrap();
+    std::fs::write(&cfg, "[worker.handlers.wordcount]\ncommand = \"wc\"\nargs = [\"-w\"]\n\n[worker.handlers.broken]\ncommand = \"sh\"\nargs = [\"-c\", \"echo cannot do it >&2; exit 4\"]\npermanent_exit_codes = [4]\n").unwrap();
     let cfg = cfg.to_str().unwrap();
     let _w = env.spawn(&["--config", cfg, "worker"]);
     let ok = env.run(&[
@@ -113,7 +113,9 @@ fn external_program_handlers_run_from_config() {
     let results = env.results(2, Duration::from_secs(60));
     let tasks = by_task(&results);
     assert_eq!(tasks["wc-1"][0]["output"], 6);
-    assert_eq!(tasks["broken-1"][0]["status"], "failed");
+    // Exit code 4 is configured permanent: dead-lettered at once, no retries.
+    assert_eq!(tasks["broken-1"][0]["status"], "dead_lettered");
+    assert_eq!(tasks["broken-1"][0]["attempts"], 1);
     assert_eq!(
         tasks["broken-1"][0]["error"],
         "`sh` exited with code 4: cannot do it"

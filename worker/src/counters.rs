@@ -11,6 +11,8 @@ pub struct Counters {
     finished: [AtomicU64; 4],
     /// Tasks handed back unrun (partition revoked or worker stopping).
     pub abandoned: AtomicU64,
+    /// Failed attempts followed by another attempt.
+    pub retries: AtomicU64,
     /// Partitions currently assigned to this worker.
     pub assigned_partitions: AtomicUsize,
     /// Rebalance callbacks seen (assignments plus revocations).

@@ -1,56 +1,235 @@
-//! Running one task: decode, look up the handler, run it (panics caught), build
-//! the result, make it durable, report completion to the poll thread.
+//! Running one record to its outcome: decode, wait for its start time, take a
+//! concurrency permit, pass admission, run attempts (timeouts and panics caught),
+//! and decide: a result, a dead letter, or a retry. Then make the outcome durable
+//! and report the record done to the poll thread.
+//!
+//! Retries never block a partition. A task in an ordered lane (same key, or
+//! `partition` mode) retries in place after its backoff: its lane waits, other
+//! lanes flow. Any other task is re-published to the retry topic with the next
+//! attempt number and a not-before time, and its offset moves on at once.
 
 use crate::admission::Admission;
 use crate::consumer::{Completion, Incoming};
 use crate::counters::Counters;
 use crate::handler::{HandlerError, Registry, TaskContext};
-use crate::results::ResultSink;
+use crate::outbox::{DeadLetter, Outbox};
+use crate::retry::RetryPolicy;
+use crate::valve::Valve;
 use futures::FutureExt;
+use serde_json::Value;
+use sluice_common::config::WorkerConfig;
 use sluice_common::task::now_ms;
 use sluice_common::{Coordinates, Status, Task, TaskResult};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// What a record led to.
+pub(crate) enum Outcome {
+    /// A terminal result; with a reason when the record also goes to the DLQ.
+    Finished {
+        result: Box<TaskResult>,
+        dead_letter: Option<String>,
+    },
+    /// The next attempt, for the retry topic.
+    Requeue(Box<Task>),
+}
 
 /// Everything a task run needs, shared by all runs of one worker.
 pub(crate) struct Executor {
     pub registry: Registry,
-    pub sink: ResultSink,
-    pub worker_id: String,
-    pub max_task_bytes: usize,
+    pub outbox: Outbox,
+    pub cfg: WorkerConfig,
     pub admission: Arc<Admission>,
     pub completions: mpsc::Sender<Completion>,
-    /// Cancelled when the shutdown deadline passes: stop retrying deliveries.
+    /// Cancelled on shutdown: waits for start times end early.
+    pub stopping: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: stop retrying and writing.
     pub give_up: CancellationToken,
     pub counters: Arc<Counters>,
+    pub valve: Valve,
+}
+
+/// Facts about a record shared by every result it can produce.
+struct Origin {
+    coords: Coordinates,
+    record_ms: Option<u64>,
 }
 
 impl Executor {
-    /// Runs the handler for `inc`; `None` when the task must not run here (see
-    /// [`Admission`]), in which case it was handed back.
-    pub async fn execute_record(&self, inc: &Incoming) -> Option<TaskResult> {
-        if self
-            .admission
-            .admit(&inc.topic, inc.partition, inc.epoch, inc.offset)
-        {
-            Some(self.execute(inc).await)
-        } else {
-            self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
-            self.complete(inc, false);
-            None
+    /// Runs `inc` to an outcome; `None` when it must not run here (see
+    /// [`Admission`]) and was handed back. `in_place`: retry in this lane.
+    pub async fn run(
+        &self,
+        inc: &Incoming,
+        permits: &Semaphore,
+        in_place: bool,
+    ) -> Option<Outcome> {
+        let origin = Origin {
+            coords: Coordinates {
+                topic: inc.topic.to_string(),
+                partition: inc.partition,
+                offset: inc.offset,
+            },
+            record_ms: inc.timestamp_ms.and_then(|t| u64::try_from(t).ok()),
+        };
+        let mut task = match Task::decode(inc.value.as_deref(), self.cfg.max_task_bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                if !self.admit(inc) {
+                    return None;
+                }
+                let id = origin.coords.derived_id();
+                tracing::warn!(error = %e, task.id = %id, "unreadable task record");
+                return Some(self.give_up_on(&origin, id, None, now_ms(), e.to_string()));
+            }
+        };
+        let id = task
+            .id
+            .clone()
+            .unwrap_or_else(|| origin.coords.derived_id());
+        if let Some(at) = task.not_before_ms {
+            let wait = at.saturating_sub(now_ms());
+            if wait > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = self.stopping.cancelled() => {}
+                }
+            }
+        }
+        let policy = RetryPolicy::for_task(&self.cfg, &task);
+        let timeout = task
+            .timeout_ms
+            .or_else(|| self.cfg.kinds.get(&task.kind).and_then(|k| k.timeout_ms))
+            .or(self.cfg.timeout_ms)
+            .map(Duration::from_millis);
+        let mut started_ms = None;
+        loop {
+            let permit = permits.acquire().await.expect("semaphore never closes");
+            if started_ms.is_none() {
+                if !self.admit(inc) {
+                    return None;
+                }
+                started_ms = Some(now_ms());
+            }
+            let started = started_ms.unwrap_or_default();
+            if let Some(deadline) = task.deadline_ms.filter(|d| now_ms() > *d) {
+                let late = now_ms() - deadline;
+                let mut r = self.result(&origin, id, Some(&task), started, Status::Expired);
+                r.error = Some(format!(
+                    "deadline passed {late} ms before attempt {} could start",
+                    task.attempt()
+                ));
+                return Some(Outcome::Finished {
+                    result: Box::new(r),
+                    dead_letter: None,
+                });
+            }
+            let attempt = task.attempt();
+            let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt);
+            let ran = self
+                .attempt(&task, &id, inc, timeout)
+                .instrument(span.clone())
+                .await;
+            drop(permit);
+            let _enter = span.enter();
+            let error = match ran {
+                Ok(output) => {
+                    let mut r = self.result(&origin, id, Some(&task), started, Status::Succeeded);
+                    r.output = Some(output);
+                    return Some(Outcome::Finished {
+                        result: Box::new(r),
+                        dead_letter: None,
+                    });
+                }
+                Err(HandlerError::Permanent(e)) => {
+                    tracing::warn!(error = %e, "task failed permanently");
+                    return Some(self.give_up_on(&origin, id, Some(&task), started, e));
+                }
+                Err(HandlerError::Retryable(e)) => e,
+            };
+            if !policy.allows_after(attempt) {
+                tracing::warn!(error = %error, attempts = attempt, "task failed on its last attempt");
+                let why = if attempt > 1 {
+                    format!("gave up after {attempt} attempts: {error}")
+                } else {
+                    error
+                };
+                return Some(self.give_up_on(&origin, id, Some(&task), started, why));
+            }
+            let wait = policy.backoff(attempt, rand::random());
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "attempt failed; will retry");
+            task.attempt = Some(attempt + 1);
+            if !in_place {
+                let mut next = task;
+                next.id = Some(id);
+                next.not_before_ms = Some(now_ms() + wait.as_millis() as u64);
+                return Some(Outcome::Requeue(Box::new(next)));
+            }
+            drop(_enter);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // Past the shutdown deadline: hand it back; the next owner retries.
+                _ = self.give_up.cancelled() => return None,
+            }
         }
     }
 
-    /// Makes `result` durable, then reports the record done to the poll thread.
-    pub async fn deliver(&self, inc: Incoming, result: TaskResult) {
-        let delivered = self.sink.deliver(&result, &self.give_up).await;
-        if let Some(status) = delivered {
-            self.counters.finished(status);
+    /// Makes `outcome` durable, then reports the record done to the poll thread.
+    pub async fn settle(&self, inc: Incoming, outcome: Outcome) {
+        let done = match outcome {
+            Outcome::Requeue(task) => {
+                self.outbox
+                    .requeue(&task, inc.key.as_deref(), &self.give_up)
+                    .await
+            }
+            Outcome::Finished {
+                result,
+                dead_letter,
+            } => {
+                let parked = match &dead_letter {
+                    // Once the valve tripped, records are handed back, not parked:
+                    // stopping is the point, and they run again after a fix.
+                    Some(error) if !self.valve.dead_lettered(error) => false,
+                    Some(error) => {
+                        let why = DeadLetter {
+                            error,
+                            attempts: result.attempts,
+                            task_id: &result.task_id,
+                            kind: &result.kind,
+                        };
+                        self.outbox.dead_letter(&inc, &why, &self.give_up).await
+                    }
+                    None => true,
+                };
+                let delivered = if parked {
+                    self.outbox.result(&result, &self.give_up).await
+                } else {
+                    None
+                };
+                if let Some(status) = delivered {
+                    self.counters.finished(status);
+                }
+                delivered.is_some()
+            }
+        };
+        self.complete(&inc, done);
+    }
+
+    fn admit(&self, inc: &Incoming) -> bool {
+        let ok = self
+            .admission
+            .admit(&inc.topic, inc.partition, inc.epoch, inc.offset);
+        if !ok {
+            self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            self.complete(inc, false);
         }
-        self.complete(&inc, delivered.is_some());
+        ok
     }
 
     fn complete(&self, inc: &Incoming, done: bool) {
@@ -63,72 +242,36 @@ impl Executor {
         });
     }
 
-    async fn execute(&self, inc: &Incoming) -> TaskResult {
-        let coords = Coordinates {
-            topic: inc.topic.to_string(),
-            partition: inc.partition,
-            offset: inc.offset,
+    /// The record cannot succeed: dead-letter it (or just fail it, when dead
+    /// letters are off) with `error` as the reason.
+    fn give_up_on(
+        &self,
+        origin: &Origin,
+        id: String,
+        task: Option<&Task>,
+        started_ms: u64,
+        error: String,
+    ) -> Outcome {
+        let status = if self.cfg.dead_letters {
+            Status::DeadLettered
+        } else {
+            Status::Failed
         };
-        let started_ms = now_ms();
-        let record_ms = inc.timestamp_ms.and_then(|t| u64::try_from(t).ok());
-        let task = match Task::decode(inc.value.as_deref(), self.max_task_bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let id = coords.derived_id();
-                tracing::warn!(error = %e, task.id = %id, "unreadable task record");
-                return self.result(
-                    &coords,
-                    id,
-                    None,
-                    record_ms,
-                    started_ms,
-                    Status::Failed,
-                    None,
-                    Some(e.to_string()),
-                );
-            }
-        };
-        let id = task.id.clone().unwrap_or_else(|| coords.derived_id());
-        let created_ms = task.created_ms.or(record_ms);
-        let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt = task.attempt());
-        let outcome = self.call(&task, &id, inc).instrument(span.clone()).await;
-        let _enter = span.enter();
-        match outcome {
-            Ok(output) => {
-                tracing::debug!("task succeeded");
-                self.result(
-                    &coords,
-                    id,
-                    Some(&task),
-                    created_ms,
-                    started_ms,
-                    Status::Succeeded,
-                    Some(output),
-                    None,
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "task failed");
-                self.result(
-                    &coords,
-                    id,
-                    Some(&task),
-                    created_ms,
-                    started_ms,
-                    Status::Failed,
-                    None,
-                    Some(e.to_string()),
-                )
-            }
+        let mut r = self.result(origin, id, task, started_ms, status);
+        r.error = Some(error.clone());
+        Outcome::Finished {
+            result: Box::new(r),
+            dead_letter: self.cfg.dead_letters.then_some(error),
         }
     }
 
-    async fn call(
+    async fn attempt(
         &self,
         task: &Task,
         id: &str,
         inc: &Incoming,
-    ) -> Result<serde_json::Value, HandlerError> {
+        timeout: Option<Duration>,
+    ) -> Result<Value, HandlerError> {
         let Some(handler) = self.registry.get(&task.kind) else {
             return Err(HandlerError::permanent(format!(
                 "unknown kind `{}`; this worker runs: {}",
@@ -147,43 +290,50 @@ impl Executor {
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             job: task.job.clone(),
         };
-        match AssertUnwindSafe(handler.handle(ctx)).catch_unwind().await {
-            Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".into());
-                Err(HandlerError::retryable(format!("handler panicked: {msg}")))
-            }
-        }
+        let run = AssertUnwindSafe(handler.handle(ctx)).catch_unwind();
+        let finished = match timeout {
+            // Dropping the handler's future cancels it (and kills an external program).
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(HandlerError::retryable(format!(
+                        "timed out after {} ms",
+                        limit.as_millis()
+                    )))
+                }
+            },
+            None => run.await,
+        };
+        finished.unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(HandlerError::retryable(format!("handler panicked: {msg}")))
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn result(
         &self,
-        coords: &Coordinates,
+        origin: &Origin,
         task_id: String,
         task: Option<&Task>,
-        created_ms: Option<u64>,
         started_ms: u64,
         status: Status,
-        output: Option<serde_json::Value>,
-        error: Option<String>,
     ) -> TaskResult {
         TaskResult {
             task_id,
             kind: task.map(|t| t.kind.clone()).unwrap_or_default(),
             status,
-            output,
-            error,
+            output: None,
+            error: None,
             attempts: task.map_or(1, Task::attempt),
-            worker: self.worker_id.clone(),
-            topic: coords.topic.clone(),
-            partition: coords.partition,
-            offset: coords.offset,
-            created_ms,
+            worker: self.outbox.worker_id.clone(),
+            topic: origin.coords.topic.clone(),
+            partition: origin.coords.partition,
+            offset: origin.coords.offset,
+            created_ms: task.and_then(|t| t.created_ms).or(origin.record_ms),
             started_ms,
             finished_ms: now_ms(),
             job: task.and_then(|t| t.job.clone()),

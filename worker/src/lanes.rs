@@ -67,7 +67,8 @@ impl Lanes {
     pub fn submit(self: &Arc<Self>, inc: Incoming) {
         let Some(lane) = self.lane_of(&inc) else {
             let this = self.clone();
-            self.tasks.spawn(async move { this.run_one(inc).await });
+            self.tasks
+                .spawn(async move { this.run_one(inc, false).await });
             return;
         };
         {
@@ -86,7 +87,7 @@ impl Lanes {
     async fn run_lane(self: Arc<Self>, lane: LaneKey, first: Incoming) {
         let mut next = Some(first);
         while let Some(inc) = next {
-            self.run_one(inc).await;
+            self.run_one(inc, true).await;
             let mut queues = self.queues.lock().expect("lanes lock");
             next = match queues.get_mut(&lane).and_then(VecDeque::pop_front) {
                 Some(inc) => Some(inc),
@@ -98,22 +99,15 @@ impl Lanes {
         }
     }
 
-    /// Runs the handler under a permit. The result is delivered in the background:
-    /// the next task of the lane may start as soon as this one's handler returned,
-    /// while its offset still waits for the delivery.
-    async fn run_one(&self, inc: Incoming) {
-        let result = {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closes");
-            self.executor.execute_record(&inc).await
-        };
-        if let Some(result) = result {
+    /// Runs the record to its outcome (the executor takes a permit only while a
+    /// handler runs). The outcome is made durable in the background: the next task
+    /// of the lane may start as soon as this one is decided, while its offset still
+    /// waits for the writes. `in_place`: retries wait in this lane.
+    async fn run_one(&self, inc: Incoming, in_place: bool) {
+        if let Some(outcome) = self.executor.run(&inc, &self.permits, in_place).await {
             let executor = self.executor.clone();
             self.tasks
-                .spawn(async move { executor.deliver(inc, result).await });
+                .spawn(async move { executor.settle(inc, outcome).await });
         }
     }
 }

@@ -29,7 +29,9 @@
 //! - `admission`: which handed-out tasks may still start when a partition closes.
 //! - `lanes`: ordering modes and the concurrency limit.
 //! - `execute`: one task from record to durable result.
-//! - `results`: result publishing with retries.
+//! - `outbox`: results, dead letters and retries, each written until durable.
+//! - [`retry`]: the retry policy (attempts, backoff with jitter).
+//! - `valve`: the dead-letter safety valve.
 //! - [`worker`]: [`run`], the supervisor.
 
 mod admission;
@@ -40,8 +42,10 @@ mod execute;
 pub mod external;
 pub mod handler;
 mod lanes;
-mod results;
+mod outbox;
+pub mod retry;
 pub mod tracker;
+mod valve;
 pub mod worker;
 
 pub use builtin::builtin;

@@ -8,7 +8,8 @@ use crate::execute::Executor;
 use crate::external::External;
 use crate::handler::Registry;
 use crate::lanes::Lanes;
-use crate::results::ResultSink;
+use crate::outbox::Outbox;
+use crate::valve::Valve;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use sluice_common::telemetry::default_worker_id;
@@ -24,6 +25,10 @@ pub enum WorkerError {
     /// Cluster unreachable, topics missing, bad client settings: fix and restart.
     #[error(transparent)]
     Setup(#[from] sluice_common::Error),
+    /// Too many records were dead-lettered too fast; the worker stopped (after
+    /// draining and committing) so a person can look.
+    #[error("stopped by the safety valve: {0}")]
+    SafetyValve(String),
     /// A configured handler replaces a built-in one or cannot be used.
     #[error("handler `{kind}`: {why}")]
     Handler {
@@ -80,8 +85,20 @@ pub async fn run_with(
 ) -> Result<Summary, WorkerError> {
     let worker_id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
     let w = &cfg.worker;
-    kafka::ensure_topics(&cfg, &[&cfg.topics.tasks, &cfg.topics.results]).await?;
+    let (retry_topic, dlq_topic) = (cfg.topics.retry_topic(), cfg.topics.dead_letter_topic());
+    kafka::ensure_topics(
+        &cfg,
+        &[
+            &cfg.topics.tasks,
+            &cfg.topics.results,
+            &retry_topic,
+            &dlq_topic,
+        ],
+    )
+    .await?;
     let producer = kafka::producer(&cfg, &worker_id)?;
+    // The caller's token, or the safety valve, stops the worker.
+    let shutdown = shutdown.child_token();
 
     let (done_tx, done_rx) = mpsc::channel();
     let admission = Arc::new(Admission::new(shutdown.clone(), counters.clone()));
@@ -94,23 +111,30 @@ pub async fn run_with(
         .create_with_context(context)
         .map_err(sluice_common::Error::client)?;
     consumer
-        .subscribe(&[&cfg.topics.tasks])
+        .subscribe(&[&cfg.topics.tasks, &retry_topic])
         .map_err(sluice_common::Error::client)?;
     tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), "worker started");
 
     let give_up = CancellationToken::new();
     let executor = Arc::new(Executor {
         registry,
-        sink: ResultSink::new(producer.clone(), cfg.topics.results.clone()),
-        worker_id: worker_id.clone(),
-        max_task_bytes: w.max_task_bytes,
+        outbox: Outbox {
+            producer: producer.clone(),
+            results: cfg.topics.results.clone(),
+            retry: retry_topic,
+            dead_letter: dlq_topic,
+            worker_id: worker_id.clone(),
+        },
+        cfg: w.clone(),
         admission,
         completions: done_tx,
+        stopping: shutdown.clone(),
         give_up: give_up.clone(),
         counters: counters.clone(),
+        valve: Valve::new(w.max_dead_letters_per_minute, shutdown.clone()),
     });
     let tasks = TaskTracker::new();
-    let lanes = Lanes::new(w.ordering, w.concurrency, executor, tasks.clone());
+    let lanes = Lanes::new(w.ordering, w.concurrency, executor.clone(), tasks.clone());
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(w.max_buffered_tasks + 16);
     let limits = PollLimits {
@@ -142,6 +166,9 @@ pub async fn run_with(
     watchdog.abort();
     let _ = producer.flush(Duration::from_secs(5));
     tracing::info!(worker.id = %worker_id, finished = counters.total_finished(), "worker stopped");
+    if let Some(reason) = executor.valve.tripped() {
+        return Err(WorkerError::SafetyValve(reason));
+    }
     Ok(Summary {
         worker_id,
         counters,

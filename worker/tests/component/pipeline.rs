@@ -1,108 +1,14 @@
-//! Component tests: the worker framework against the embedded broker, in-process.
-//!
-//! Each test starts its own broker, so topics and groups never collide.
+//! The pipeline: every record gets one result, ordering, sharing, shutdown.
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use crate::support::*;
 use serde_json::{json, Value};
 use sluice_common::config::{GroupProtocol, Ordering};
-use sluice_common::{kafka, Config, EmbeddedBroker, Status, Task, TaskResult, TopicSpec};
-use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
+use sluice_common::{Status, TaskResult};
+use sluice_producer::{Next, Outgoing, ResultReader, Start};
 use sluice_worker::{handler_fn, HandlerError, Registry, TaskContext};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-
-fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
-    let mut cfg = Config::default();
-    let topics = [
-        TopicSpec {
-            name: cfg.topics.tasks.clone(),
-            partitions,
-        },
-        TopicSpec {
-            name: cfg.topics.results.clone(),
-            partitions,
-        },
-    ];
-    let b = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, partitions).unwrap();
-    cfg.kafka.brokers = b.bootstrap();
-    cfg.worker.group_protocol = GroupProtocol::Consumer;
-    cfg.worker.commit_interval_ms = 200;
-    cfg.worker.shutdown_timeout_ms = 10_000;
-    (b, cfg)
-}
-
-fn worker(
-    cfg: &Config,
-    id: &str,
-    registry: Registry,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<sluice_worker::Summary>,
-) {
-    let mut c = cfg.clone();
-    c.worker.id = Some(id.to_string());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let h = tokio::spawn(async move {
-        sluice_worker::run(c, registry, s)
-            .await
-            .expect("worker runs")
-    });
-    (stop, h)
-}
-
-async fn publish(cfg: &Config, tasks: &[Outgoing]) {
-    let p = Publisher::connect(cfg, &cfg.topics.tasks).await.unwrap();
-    let mut pending = Vec::new();
-    for t in tasks {
-        pending.push(p.send(t, None).await.unwrap());
-    }
-    for d in pending {
-        d.await.unwrap();
-    }
-}
-
-/// Reads results until `n` distinct task ids arrived, then a little longer to
-/// catch duplicates. Returns every record read.
-async fn results(cfg: &Config, n: usize, timeout: Duration) -> Vec<TaskResult> {
-    let mut reader = ResultReader::open(cfg, Start::Beginning).await.unwrap();
-    let mut all = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    let deadline = Instant::now() + timeout;
-    let mut complete: Option<Instant> = None;
-    while Instant::now() < deadline
-        && complete.is_none_or(|t| t.elapsed() < Duration::from_millis(700))
-    {
-        if let Next::Result(r) = reader.next(Duration::from_millis(100)).await {
-            ids.insert(r.task_id.clone());
-            all.push(*r);
-            if ids.len() >= n && complete.is_none() {
-                complete = Some(Instant::now());
-            }
-        }
-    }
-    assert!(
-        ids.len() >= n,
-        "only {} of {n} results arrived within {timeout:?}",
-        ids.len()
-    );
-    all
-}
-
-fn by_id(results: &[TaskResult]) -> HashMap<String, Vec<&TaskResult>> {
-    let mut m: HashMap<String, Vec<&TaskResult>> = HashMap::new();
-    for r in results {
-        m.entry(r.task_id.clone()).or_default().push(r);
-    }
-    m
-}
-
-fn task(kind: &str, payload: Value, key: Option<&str>) -> Outgoing {
-    Outgoing::new(Task::new(kind, payload), key.map(str::to_string))
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
@@ -123,23 +29,8 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
     publish(&cfg, &good).await;
     publish(&cfg, &special).await;
     // Records no Sluice producer would write: a foreign client's mistakes.
-    let raw: FutureProducer = kafka::producer_config(&cfg, "raw").create().unwrap();
     let big = format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(3_000));
-    for value in [
-        b"not json at all".to_vec(),
-        br#"{"payload":1}"#.to_vec(),
-        big.into_bytes(),
-    ] {
-        raw.send(
-            FutureRecord::<(), _>::to(&cfg.topics.tasks)
-                .payload(&value)
-                .partition(0),
-            Timeout::Never,
-        )
-        .await
-        .unwrap();
-    }
-    raw.flush(Duration::from_secs(5)).unwrap();
+    publish_raw(&cfg, &[b"not json at all".to_vec(), br#"{"payload":1}"#.to_vec(), big.into_bytes()]).await;
 
     let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
     let all = results(&cfg, 305, Duration::from_secs(60)).await;
@@ -163,7 +54,7 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
         }
     }
     let unknown = ids[special[0].id()][0];
-    assert_eq!(unknown.status, Status::Failed);
+    assert_eq!(unknown.status, Status::DeadLettered);
     assert!(
         unknown
             .error
@@ -173,11 +64,12 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
         "{unknown:?}"
     );
     let failed = ids[special[1].id()][0];
-    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.status, Status::DeadLettered);
+    assert_eq!(failed.attempts, 1, "a permanent error is not retried");
     let malformed: Vec<&TaskResult> = all.iter().filter(|r| r.kind.is_empty()).collect();
     assert_eq!(malformed.len(), 3, "{malformed:?}");
     for r in &malformed {
-        assert_eq!(r.status, Status::Failed);
+        assert_eq!(r.status, Status::DeadLettered);
         assert_eq!(
             r.task_id,
             format!("{}/{}/{}", r.topic, r.partition, r.offset)

@@ -1,0 +1,105 @@
+//! Reading a whole topic outside any consumer group: every partition assigned
+//! explicitly, from the beginning (or the end), never committing, so reading
+//! disturbs nobody's offsets. End-of-partition events tell when it caught up.
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_common::kafka::{self, QuietContext};
+use sluice_common::Config;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Where reading starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Every record still in the topic.
+    Beginning,
+    /// Only records published from now on.
+    End,
+}
+
+/// One step of reading.
+#[derive(Debug)]
+pub enum Step {
+    /// A record.
+    Record(OwnedMessage),
+    /// Every partition has been read to its end (reported once per catch-up).
+    CaughtUp,
+    /// Nothing arrived within the timeout.
+    Idle,
+}
+
+/// Reads one topic.
+pub struct TopicReader {
+    consumer: StreamConsumer<QuietContext>,
+    partitions: usize,
+    at_end: HashSet<i32>,
+    reported_caught_up: bool,
+}
+
+impl TopicReader {
+    /// Opens `topic` (created if missing), assigned to all its partitions.
+    pub async fn open(cfg: &Config, topic: &str, start: Start) -> Result<TopicReader, sluice_common::Error> {
+        let counts = kafka::ensure_topics(cfg, &[topic]).await?;
+        let consumer: StreamConsumer<QuietContext> = kafka::reader_config(cfg, "sluice-reader")
+            .create_with_context(QuietContext)
+            .map_err(sluice_common::Error::client)?;
+        let mut tpl = TopicPartitionList::new();
+        let offset = match start {
+            Start::Beginning => Offset::Beginning,
+            Start::End => Offset::End,
+        };
+        for p in 0..counts[0].1 {
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(sluice_common::Error::client)?;
+        }
+        consumer.assign(&tpl).map_err(sluice_common::Error::client)?;
+        Ok(TopicReader {
+            consumer,
+            partitions: counts[0].1 as usize,
+            at_end: HashSet::new(),
+            reported_caught_up: false,
+        })
+    }
+
+    /// The next step, waiting at most `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Step {
+        loop {
+            let got = match tokio::time::timeout(timeout, self.consumer.recv()).await {
+                Err(_) => return Step::Idle,
+                Ok(r) => r,
+            };
+            match got {
+                Ok(msg) => {
+                    self.at_end.remove(&msg.partition());
+                    self.reported_caught_up = false;
+                    return Step::Record(msg.detach());
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    self.at_end.insert(p);
+                    if self.at_end.len() >= self.partitions && !self.reported_caught_up {
+                        self.reported_caught_up = true;
+                        return Step::CaughtUp;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Every record up to the end of every partition.
+    pub async fn read_to_end(&mut self, idle_limit: Duration) -> Vec<OwnedMessage> {
+        let mut out = Vec::new();
+        loop {
+            match self.next(idle_limit).await {
+                Step::Record(m) => out.push(m),
+                Step::CaughtUp | Step::Idle => return out,
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Everything a worker writes: results, dead letters and retries. Each write is
+//! retried until Kafka acknowledges it, because a task's offset may be stored only
+//! once what it produced is durable.
+
+use crate::consumer::Incoming;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use sluice_common::task::now_ms;
+use sluice_common::dead_letter::headers;
+use sluice_common::{Status, Task, TaskResult};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why a record is dead-lettered, for its headers.
+pub(crate) struct DeadLetter<'a> {
+    pub error: &'a str,
+    pub attempts: u32,
+    pub task_id: &'a str,
+    pub kind: &'a str,
+}
+
+/// The worker's producer and topics.
+pub(crate) struct Outbox {
+    pub producer: FutureProducer,
+    pub results: String,
+    pub retry: String,
+    pub dead_letter: String,
+    pub worker_id: String,
+}
+
+enum Sent {
+    Durable,
+    TooLarge(usize),
+    GaveUp,
+}
+
+impl Outbox {
+    /// Publishes `result` and returns the status that was delivered; `None` when
+    /// `give_up` fired first (nothing durable: the offset must not be stored).
+    pub async fn result(&self, result: &TaskResult, give_up: &CancellationToken) -> Option<Status> {
+        let value = serde_json::to_vec(result).expect("a result always serializes");
+        match self
+            .send(
+                &self.results,
+                Some(result.task_id.as_bytes()),
+                &value,
+                None,
+                give_up,
+            )
+            .await
+        {
+            Sent::Durable => Some(result.status),
+            Sent::GaveUp => None,
+            Sent::TooLarge(bytes) => {
+                // Retrying cannot help: replace the output with the reason, so the
+                // task still ends in a (failed) result instead of blocking its partition.
+                tracing::warn!(task.id = %result.task_id, bytes, "result too large for the results topic");
+                let mut smaller = result.clone();
+                smaller.output = None;
+                smaller.status = Status::Failed;
+                smaller.error = Some(format!(
+                    "the handler's output made a {bytes}-byte result, larger than the producer's message.max.bytes; output dropped"
+                ));
+                let value = serde_json::to_vec(&smaller).expect("a result always serializes");
+                match self
+                    .send(
+                        &self.results,
+                        Some(smaller.task_id.as_bytes()),
+                        &value,
+                        None,
+                        give_up,
+                    )
+                    .await
+                {
+                    Sent::Durable => Some(Status::Failed),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Copies the original record to the dead-letter topic with headers saying why.
+    pub async fn dead_letter(
+        &self,
+        inc: &Incoming,
+        why: &DeadLetter<'_>,
+        give_up: &CancellationToken,
+    ) -> bool {
+        let partition = inc.partition.to_string();
+        let offset = inc.offset.to_string();
+        let attempts = why.attempts.to_string();
+        let time = now_ms().to_string();
+        let mut h = OwnedHeaders::new();
+        for (key, value) in [
+            (headers::ERROR, why.error),
+            (headers::ATTEMPTS, &attempts),
+            (headers::TASK_ID, why.task_id),
+            (headers::KIND, why.kind),
+            (headers::TOPIC, &inc.topic),
+            (headers::PARTITION, &partition),
+            (headers::OFFSET, &offset),
+            (headers::WORKER, &self.worker_id),
+            (headers::TIME_MS, &time),
+        ] {
+            h = h.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let value = inc.value.as_deref().unwrap_or_default();
+        matches!(
+            self.send(
+                &self.dead_letter,
+                inc.key.as_deref(),
+                value,
+                Some(h),
+                give_up
+            )
+            .await,
+            Sent::Durable
+        )
+    }
+
+    /// Publishes the next attempt of `task` to the retry topic.
+    pub async fn requeue(
+        &self,
+        task: &Task,
+        key: Option<&[u8]>,
+        give_up: &CancellationToken,
+    ) -> bool {
+        matches!(
+            self.send(&self.retry, key, &task.encode(), None, give_up)
+                .await,
+            Sent::Durable
+        )
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+        give_up: &CancellationToken,
+    ) -> Sent {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(h) = &headers {
+                record = record.headers(h.clone());
+            }
+            let sent = tokio::select! {
+                _ = give_up.cancelled() => return Sent::GaveUp,
+                r = self.producer.send(record, Timeout::Never) => r,
+            };
+            match sent {
+                Ok(_) => return Sent::Durable,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    return Sent::TooLarge(value.len())
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, topic, "write not acknowledged; retrying");
+                    tokio::select! {
+                        _ = give_up.cancelled() => return Sent::GaveUp,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Component tests: the worker framework against the embedded broker, in-process.
+//! Each test starts its own broker, so topics and groups never collide.
+
+mod pipeline;
+mod reliability;
+mod support;

@@ -1,0 +1,177 @@
+//! Failure handling: retries, backoff, dead letters, timeouts, panics, expiry,
+//! start times, the safety valve.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use sluice_common::task::now_ms;
+use sluice_common::{Status, Task};
+use sluice_producer::Outgoing;
+use sluice_worker::{handler_fn, HandlerError, TaskContext};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn fast_retries(cfg: &mut sluice_common::Config) {
+    cfg.worker.retry.backoff_initial_ms = 300;
+    cfg.worker.retry.backoff_multiplier = 2.0;
+    cfg.worker.retry.jitter = 0.0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_twice_succeeds_on_attempt_three_after_its_backoff() {
+    let (_b, mut cfg) = broker(2);
+    fast_retries(&mut cfg);
+    // Keyless: retried through the retry topic. Keyed: retried in its lane.
+    let via_topic = task("fail", json!({"times": 2}), None);
+    let in_place = task("fail", json!({"times": 2}), Some("customer-1"));
+    let behind = task("echo", json!("next"), Some("customer-1"));
+    publish(&cfg, &[via_topic.clone(), in_place.clone(), behind.clone()]).await;
+    let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
+    let all = results(&cfg, 3, Duration::from_secs(60)).await;
+    stop.cancel();
+    let summary = h.await.unwrap();
+    let ids = by_id(&all);
+    for t in [&via_topic, &in_place] {
+        let r = ids[t.id()].clone();
+        assert_eq!(r.len(), 1, "one terminal result, not one per attempt");
+        let r = r[0];
+        assert_eq!(r.status, Status::Succeeded, "{r:?}");
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.output, Some(json!({"succeeded_on_attempt": 3})));
+        let waited = r.finished_ms - t.task.created_ms.unwrap();
+        assert!(waited >= 900, "backoffs of 300 + 600 ms were not observed: {waited} ms");
+    }
+    // Same key: the later task waited for the retried one.
+    assert!(ids[behind.id()][0].started_ms >= ids[in_place.id()][0].finished_ms);
+    assert_eq!(summary.counters.retries.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_stop_at_max_attempts_and_the_task_is_dead_lettered() {
+    let (_b, mut cfg) = broker(1);
+    fast_retries(&mut cfg);
+    cfg.worker.retry.backoff_initial_ms = 50;
+    cfg.worker.retry.max_attempts = 3;
+    let by_worker = task("fail", json!({"times": 10}), None);
+    let mut own = Task::new("fail", json!({"times": 10}));
+    own.max_attempts = Some(2);
+    let by_task = Outgoing::new(own, None);
+    publish(&cfg, &[by_worker.clone(), by_task.clone()]).await;
+    let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
+    let all = results(&cfg, 2, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ids = by_id(&all);
+    let a = ids[by_worker.id()][0];
+    assert_eq!((a.status, a.attempts), (Status::DeadLettered, 3));
+    assert!(a.error.as_ref().unwrap().starts_with("gave up after 3 attempts: fail: attempt 3"), "{a:?}");
+    let b = ids[by_task.id()][0];
+    assert_eq!((b.status, b.attempts), (Status::DeadLettered, 2));
+    let dlq = sluice_producer::dlq::read_all(&cfg).await.unwrap();
+    assert_eq!(dlq.len(), 2);
+    let rec = dlq.iter().find(|r| r.task_id() == by_worker.id()).unwrap();
+    assert_eq!(rec.header("sluice.attempts"), "3");
+    // The record came back from the retry topic; a replay goes to the task topic.
+    assert_eq!(rec.header("sluice.original.topic"), cfg.topics.retry_topic());
+    assert_eq!(rec.replay_topic(&cfg), cfg.topics.tasks);
+    assert_eq!(rec.replay_task().unwrap().attempt, None, "replays start again at attempt 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_are_failed_attempts_and_good_tasks_flow_around_them() {
+    let (_b, mut cfg) = broker(1);
+    fast_retries(&mut cfg);
+    cfg.worker.retry.backoff_initial_ms = 50;
+    cfg.worker.retry.max_attempts = 2;
+    let mut registry = sluice_worker::builtin();
+    registry.register(
+        "panics",
+        handler_fn(|_: TaskContext| async move {
+            if now_ms() > 0 {
+                panic!("boom");
+            }
+            Ok::<Value, HandlerError>(Value::Null)
+        }),
+    );
+    let mut slow = Task::new("sleep", json!({"ms": 10_000}));
+    slow.timeout_ms = Some(200);
+    let slow = Outgoing::new(slow, None);
+    let panics = task("panics", Value::Null, None);
+    let good: Vec<Outgoing> = (0..20).map(|i| task("echo", json!(i), None)).collect();
+    let mut all_tasks = vec![slow.clone(), panics.clone()];
+    all_tasks.extend(good.iter().cloned());
+    publish(&cfg, &all_tasks).await;
+    let started = std::time::Instant::now();
+    let (stop, h) = worker(&cfg, "w1", registry);
+    let all = results(&cfg, 22, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8), "the 10 s sleep was not cut short");
+    let ids = by_id(&all);
+    let s = ids[slow.id()][0];
+    assert_eq!(s.status, Status::DeadLettered);
+    assert_eq!(s.error.as_deref(), Some("gave up after 2 attempts: timed out after 200 ms"));
+    let p = ids[panics.id()][0];
+    assert_eq!(p.status, Status::DeadLettered);
+    assert_eq!(p.error.as_deref(), Some("gave up after 2 attempts: handler panicked: boom"));
+    assert!(good.iter().all(|t| ids[t.id()][0].status == Status::Succeeded));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tasks_do_not_run_and_delayed_tasks_wait_for_their_time() {
+    let (_b, cfg) = broker(1);
+    let runs = Arc::new(AtomicU32::new(0));
+    let mut registry = sluice_worker::builtin();
+    let counter = runs.clone();
+    registry.register(
+        "count",
+        handler_fn(move |_: TaskContext| {
+            let c = counter.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<Value, HandlerError>(Value::Null)
+            }
+        }),
+    );
+    let mut late = Task::new("count", Value::Null);
+    late.deadline_ms = Some(now_ms() - 1_000);
+    let late = Outgoing::new(late, None);
+    let mut delayed = Task::new("count", Value::Null);
+    let not_before = now_ms() + 6_000;
+    delayed.not_before_ms = Some(not_before);
+    let delayed = Outgoing::new(delayed, None);
+    let now = task("count", Value::Null, None);
+    let (stop, h) = ready_worker(&cfg, "w1", registry).await;
+    publish(&cfg, &[late.clone(), delayed.clone(), now.clone()]).await;
+    let all = results(&cfg, 3, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ids = by_id(&all);
+    let e = ids[late.id()][0];
+    assert_eq!(e.status, Status::Expired);
+    assert!(e.error.as_ref().unwrap().contains("deadline passed"), "{e:?}");
+    assert!(ids[delayed.id()][0].started_ms >= not_before);
+    assert!(ids[now.id()][0].started_ms < not_before, "a delayed task held up the one behind it");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the expired task ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_poison_trips_the_safety_valve() {
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.max_dead_letters_per_minute = 5;
+    let poison: Vec<Vec<u8>> = (0..50).map(|i| format!("garbage {i}").into_bytes()).collect();
+    publish_raw(&cfg, &poison).await;
+    let mut c = cfg.clone();
+    c.worker.id = Some("w1".into());
+    c.worker.concurrency = 1;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        sluice_worker::run(c, sluice_worker::builtin(), tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the valve stops the worker by itself");
+    let err = outcome.expect_err("a tripped valve is an error").to_string();
+    assert!(err.contains("safety valve") && err.contains("max_dead_letters_per_minute = 5"), "{err}");
+    let dlq = sluice_producer::dlq::read_all(&cfg).await.unwrap();
+    assert_eq!(dlq.len(), 5, "parked up to the limit, then stopped");
+}

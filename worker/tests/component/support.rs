@@ -1,0 +1,136 @@
+//! Shared setup: a broker per test, workers in-process, publishing, reading back.
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde_json::Value;
+use sluice_common::config::GroupProtocol;
+use sluice_common::{kafka, Config, EmbeddedBroker, Task, TaskResult, TopicSpec};
+use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
+use sluice_worker::Registry;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
+    let mut cfg = Config::default();
+    let topics = [
+        TopicSpec {
+            name: cfg.topics.tasks.clone(),
+            partitions,
+        },
+        TopicSpec {
+            name: cfg.topics.results.clone(),
+            partitions,
+        },
+    ];
+    let b = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, partitions).unwrap();
+    cfg.kafka.brokers = b.bootstrap();
+    cfg.worker.group_protocol = GroupProtocol::Consumer;
+    cfg.worker.commit_interval_ms = 200;
+    cfg.worker.shutdown_timeout_ms = 10_000;
+    (b, cfg)
+}
+
+pub fn worker(
+    cfg: &Config,
+    id: &str,
+    registry: Registry,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<sluice_worker::Summary>,
+) {
+    let mut c = cfg.clone();
+    c.worker.id = Some(id.to_string());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let h = tokio::spawn(async move {
+        sluice_worker::run(c, registry, s)
+            .await
+            .expect("worker runs")
+    });
+    (stop, h)
+}
+
+/// A worker that already holds its partitions, for tests where timing matters.
+pub async fn ready_worker(
+    cfg: &Config,
+    id: &str,
+    registry: Registry,
+) -> (CancellationToken, tokio::task::JoinHandle<sluice_worker::Summary>) {
+    let mut c = cfg.clone();
+    c.worker.id = Some(id.to_string());
+    let stop = CancellationToken::new();
+    let counters = std::sync::Arc::new(sluice_worker::Counters::default());
+    let (s, live) = (stop.clone(), counters.clone());
+    let h = tokio::spawn(async move {
+        sluice_worker::run_with(c, registry, s, live).await.expect("worker runs")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counters.assigned() == 0 {
+        assert!(Instant::now() < deadline, "worker got no partitions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (stop, h)
+}
+
+pub async fn publish(cfg: &Config, tasks: &[Outgoing]) {
+    let p = Publisher::connect(cfg, &cfg.topics.tasks).await.unwrap();
+    let mut pending = Vec::new();
+    for t in tasks {
+        pending.push(p.send(t, None).await.unwrap());
+    }
+    for d in pending {
+        d.await.unwrap();
+    }
+}
+
+/// Reads results until `n` distinct task ids arrived, then a little longer to
+/// catch duplicates. Returns every record read.
+pub async fn results(cfg: &Config, n: usize, timeout: Duration) -> Vec<TaskResult> {
+    let mut reader = ResultReader::open(cfg, Start::Beginning).await.unwrap();
+    let mut all = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let deadline = Instant::now() + timeout;
+    let mut complete: Option<Instant> = None;
+    while Instant::now() < deadline
+        && complete.is_none_or(|t| t.elapsed() < Duration::from_millis(700))
+    {
+        if let Next::Result(r) = reader.next(Duration::from_millis(100)).await {
+            ids.insert(r.task_id.clone());
+            all.push(*r);
+            if ids.len() >= n && complete.is_none() {
+                complete = Some(Instant::now());
+            }
+        }
+    }
+    assert!(
+        ids.len() >= n,
+        "only {} of {n} results arrived within {timeout:?}",
+        ids.len()
+    );
+    all
+}
+
+pub fn by_id(results: &[TaskResult]) -> HashMap<String, Vec<&TaskResult>> {
+    let mut m: HashMap<String, Vec<&TaskResult>> = HashMap::new();
+    for r in results {
+        m.entry(r.task_id.clone()).or_default().push(r);
+    }
+    m
+}
+
+pub fn task(kind: &str, payload: Value, key: Option<&str>) -> Outgoing {
+    Outgoing::new(Task::new(kind, payload), key.map(str::to_string))
+}
+
+
+/// Publishes raw record values (what a foreign client might write) to partition 0.
+pub async fn publish_raw(cfg: &Config, values: &[Vec<u8>]) {
+    let raw: FutureProducer = kafka::producer_config(cfg, "raw").create().unwrap();
+    for value in values {
+        raw.send(FutureRecord::<(), _>::to(&cfg.topics.tasks).payload(value).partition(0), Timeout::Never)
+            .await
+            .unwrap();
+    }
+    raw.flush(Duration::from_secs(5)).unwrap();
+}
