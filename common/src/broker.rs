@@ -11,12 +11,17 @@
 //! most about 5 MiB or 100k batches and evicts older data; there is no CreateTopics
 //! API (topics are created here at start, or auto-created on first metadata request).
 //! It is for development and tests, not production.
+//!
+//! Faults can be injected ([`Fault`]): request errors per API, the broker going
+//! down and up, added round-trip time, so tests can prove recovery.
 
 use crate::error::Error;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -53,8 +58,121 @@ impl std::str::FromStr for TopicSpec {
     }
 }
 
+/// A fault to inject into the embedded broker, for testing recovery.
+///
+/// Text form (one per line on `sluice broker`'s stdin):
+/// `errors <api> <count> <error>`, `clear <api>`, `down`, `up`, `rtt <ms>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The next `count` requests of `api` fail with `error`.
+    Errors {
+        /// Request type.
+        api: RDKafkaApiKey,
+        /// How many requests fail.
+        count: usize,
+        /// The error they fail with.
+        error: RDKafkaRespErr,
+    },
+    /// Forget pending errors of `api`.
+    Clear(RDKafkaApiKey),
+    /// The broker stops answering (connections closed, new ones refused).
+    Down,
+    /// The broker answers again.
+    Up,
+    /// Every response is delayed by this long.
+    RoundTrip(Duration),
+}
+
+const APIS: &[(&str, RDKafkaApiKey)] = &[
+    ("Produce", RDKafkaApiKey::Produce),
+    ("Fetch", RDKafkaApiKey::Fetch),
+    ("ListOffsets", RDKafkaApiKey::ListOffsets),
+    ("Metadata", RDKafkaApiKey::Metadata),
+    ("OffsetCommit", RDKafkaApiKey::OffsetCommit),
+    ("OffsetFetch", RDKafkaApiKey::OffsetFetch),
+    ("FindCoordinator", RDKafkaApiKey::FindCoordinator),
+    ("JoinGroup", RDKafkaApiKey::JoinGroup),
+    ("Heartbeat", RDKafkaApiKey::Heartbeat),
+    ("LeaveGroup", RDKafkaApiKey::LeaveGroup),
+    ("SyncGroup", RDKafkaApiKey::SyncGroup),
+    ("InitProducerId", RDKafkaApiKey::InitProducerId),
+];
+
+const ERRORS: &[(&str, RDKafkaRespErr)] = &[
+    ("transport", RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT),
+    (
+        "not_leader",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+    ),
+    (
+        "request_timed_out",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+    ),
+    (
+        "coordinator_not_available",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+    ),
+    (
+        "not_coordinator",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+    ),
+    (
+        "coordinator_load_in_progress",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+    ),
+    (
+        "rebalance_in_progress",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+    ),
+    (
+        "not_enough_replicas",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+    ),
+    (
+        "unknown_topic_or_partition",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    ),
+];
+
+fn lookup<T: Copy>(table: &[(&str, T)], name: &str, what: &str) -> Result<T, String> {
+    table
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            format!("unknown {what} `{name}`; one of: {}", names.join(", "))
+        })
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(line: &str) -> Result<Self, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |w: &str| {
+            w.parse::<u64>()
+                .map_err(|_| format!("`{w}` is not a number"))
+        };
+        match words.as_slice() {
+            ["errors", api, count, error] => Ok(Fault::Errors {
+                api: lookup(APIS, api, "api")?,
+                count: number(count)? as usize,
+                error: lookup(ERRORS, error, "error")?,
+            }),
+            ["clear", api] => Ok(Fault::Clear(lookup(APIS, api, "api")?)),
+            ["down"] => Ok(Fault::Down),
+            ["up"] => Ok(Fault::Up),
+            ["rtt", ms] => Ok(Fault::RoundTrip(Duration::from_millis(number(ms)?))),
+            _ => Err(format!(
+                "cannot read fault `{line}`; expected `errors <api> <count> <error>`, `clear <api>`, `down`, `up` or `rtt <ms>`"
+            )),
+        }
+    }
+}
+
 enum Command {
     CreateTopic(TopicSpec, mpsc::Sender<Result<(), String>>),
+    Inject(Fault, mpsc::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -134,6 +252,19 @@ impl EmbeddedBroker {
     }
 }
 
+impl EmbeddedBroker {
+    /// Injects a fault (see [`Fault`]).
+    pub fn inject(&self, fault: Fault) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::Inject(fault, tx))
+            .map_err(|_| Error::Broker("broker stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Broker("broker stopped".into()))?
+            .map_err(Error::Broker)
+    }
+}
+
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.forwarder.cancel();
@@ -194,6 +325,22 @@ fn serve(
                         .create_topic(&t.name, t.partitions.max(1), 1)
                         .map_err(|e| e.to_string()),
                 );
+            }
+            Command::Inject(fault, reply) => {
+                let r = match fault {
+                    Fault::Errors { api, count, error } => {
+                        cluster.request_errors(api, &vec![error; count]);
+                        Ok(())
+                    }
+                    Fault::Clear(api) => {
+                        cluster.clear_request_errors(api);
+                        Ok(())
+                    }
+                    Fault::Down => cluster.broker_down(1),
+                    Fault::Up => cluster.broker_up(1),
+                    Fault::RoundTrip(d) => cluster.broker_round_trip_time(1, d),
+                };
+                let _ = reply.send(r.map_err(|e| e.to_string()));
             }
             Command::Stop => break,
         }
@@ -265,6 +412,26 @@ mod tests {
             crate::kafka::ensure_topics(&cfg, &["made"]).await.unwrap()[0].1,
             5
         );
+    }
+
+    #[test]
+    fn faults_parse_and_name_the_alternatives() {
+        assert_eq!(
+            "errors Produce 3 not_leader".parse::<Fault>().unwrap(),
+            Fault::Errors {
+                api: RDKafkaApiKey::Produce,
+                count: 3,
+                error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION
+            }
+        );
+        assert_eq!(
+            "rtt 250".parse::<Fault>().unwrap(),
+            Fault::RoundTrip(Duration::from_millis(250))
+        );
+        assert_eq!("down".parse::<Fault>().unwrap(), Fault::Down);
+        let e = "errors Produce 3 nope".parse::<Fault>().unwrap_err();
+        assert!(e.contains("unknown error `nope`; one of: transport"), "{e}");
+        assert!("explode".parse::<Fault>().is_err());
     }
 
     #[test]

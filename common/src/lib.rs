@@ -23,7 +23,7 @@ pub mod shutdown;
 pub mod task;
 pub mod telemetry;
 
-pub use broker::{EmbeddedBroker, TopicSpec};
+pub use broker::{EmbeddedBroker, Fault, TopicSpec};
 pub use config::Config;
 pub use error::Error;
 pub use task::{Coordinates, JobRef, Status, Task, TaskResult};

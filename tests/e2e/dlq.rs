@@ -9,11 +9,24 @@ fn dead_letters_are_listed_and_replayed_to_a_worker_that_can_run_them() {
     let broker = Broker::start();
     let env = Env::new(&broker, "dlq");
     let first = env.spawn(&["worker", "--id", "without-the-kind"]);
-    let out = env.run(&["produce", "--kind", "later-kind", "--payload", r#""hello""#, "--id", "dl-1", "--key", "k1"]);
+    let out = env.run(&[
+        "produce",
+        "--kind",
+        "later-kind",
+        "--payload",
+        r#""hello""#,
+        "--id",
+        "dl-1",
+        "--key",
+        "k1",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let results = env.results(1, Duration::from_secs(60));
     assert_eq!(results[0]["status"], "dead_lettered");
-    assert!(results[0]["error"].as_str().unwrap().starts_with("unknown kind `later-kind`"));
+    assert!(results[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("unknown kind `later-kind`"));
 
     let out = env.run(&["dlq", "list", "--format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -31,13 +44,27 @@ fn dead_letters_are_listed_and_replayed_to_a_worker_that_can_run_them() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("later.toml");
-    std::fs::write(&cfg, "[worker.handlers.later-kind]\ncommand = \"tr\"\nargs = [\"a-z\", \"A-Z\"]\n").unwrap();
-    let _second = env.spawn(&["--config", cfg.to_str().unwrap(), "worker", "--id", "with-the-kind"]);
+    std::fs::write(
+        &cfg,
+        "[worker.handlers.later-kind]\ncommand = \"tr\"\nargs = [\"a-z\", \"A-Z\"]\n",
+    )
+    .unwrap();
+    let _second = env.spawn(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "worker",
+        "--id",
+        "with-the-kind",
+    ]);
     let dry = env.run(&["dlq", "replay", "--kind", "later-kind", "--dry-run"]);
     assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(String::from_utf8_lossy(&dry.stdout).contains("would replay dl-1"));
     let none = env.run(&["dlq", "replay", "--kind", "other-kind"]);
-    assert!(stderr(&none).contains("0 replayed, 0 skipped, of 0 matching"), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("0 replayed, 0 skipped, of 0 matching"),
+        "{}",
+        stderr(&none)
+    );
     let out = env.run(&["dlq", "replay", "--id", "dl-1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed dl-1 (later-kind)"));
@@ -52,7 +79,10 @@ fn dead_letters_are_listed_and_replayed_to_a_worker_that_can_run_them() {
             assert_eq!(done["attempts"], 1);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the replayed task never succeeded: {all:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replayed task never succeeded: {all:?}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }

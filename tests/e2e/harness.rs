@@ -2,11 +2,13 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The `sluice` binary under test.
@@ -73,8 +75,11 @@ pub fn selected_broker() -> BrokerKind {
 pub struct Broker {
     pub kind: BrokerKind,
     pub addr: String,
-    _proc: Proc,
-    _data: Option<tempfile::TempDir>,
+    proc: Mutex<Option<Proc>>,
+    /// Embedded broker: its stdin (faults) and its stdout lines (replies).
+    control: Option<Mutex<(ChildStdin, Receiver<String>)>>,
+    /// Tansu: the directory holding its SQLite file and log.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -91,20 +96,24 @@ impl Broker {
         let mut child = Command::new(sluice_bin())
             .args(["broker", "--listen", "127.0.0.1:0", "--partitions", "4"])
             .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start sluice broker");
         let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
         let proc = Proc {
             child,
             name: "sluice broker".into(),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -117,9 +126,25 @@ impl Broker {
         Broker {
             kind: BrokerKind::Embedded,
             addr,
-            _proc: proc,
-            _data: None,
+            proc: Mutex::new(Some(proc)),
+            control: Some(Mutex::new((stdin, rx))),
+            data: None,
         }
+    }
+
+    /// Injects a fault into the embedded broker (`sluice broker`'s stdin protocol).
+    pub fn fault(&self, line: &str) {
+        let control = self
+            .control
+            .as_ref()
+            .expect("faults need the embedded broker");
+        let mut c = control.lock().unwrap();
+        writeln!(c.0, "{line}").expect("write fault");
+        c.0.flush().unwrap();
+        let reply =
+            c.1.recv_timeout(Duration::from_secs(10))
+                .expect("broker answered the fault");
+        assert_eq!(reply, format!("ok {line}"), "fault `{line}` was refused");
     }
 
     /// A Tansu broker on a free port, storing in a fresh SQLite file.
@@ -130,34 +155,65 @@ impl Broker {
     /// group that commits mid-batch. The SQLite engine serves such fetches.
     pub fn tansu() -> Broker {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
         let data = tempfile::tempdir().expect("temp dir");
+        let b = Broker {
+            kind: BrokerKind::Tansu,
+            addr: format!("127.0.0.1:{port}"),
+            proc: Mutex::new(None),
+            control: None,
+            data: Some(data),
+        };
+        b.start_tansu();
+        b
+    }
+
+    fn start_tansu(&self) {
+        let url = format!("tcp://{}", self.addr);
+        let dir = self
+            .data
+            .as_ref()
+            .expect("tansu data dir")
+            .path()
+            .to_path_buf();
         // Tansu resolves the SQLite path against its working directory.
-        let log = std::fs::File::create(data.path().join("tansu.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("log file");
         let child = Command::new("tansu")
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
-            .current_dir(data.path())
+            .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("SLUICE_TEST_BROKER=tansu but `tansu` could not start ({e}); install it with `cargo install tansu --locked --features libsql,dynostore` (.ci/run does)")
+                panic!("this test needs `tansu` ({e}); install it with `cargo install tansu --locked --features libsql,dynostore` (.ci/run does)")
             });
-        let proc = Proc {
+        *self.proc.lock().unwrap() = Some(Proc {
             child,
             name: "tansu".into(),
-        };
-        let addr = format!("127.0.0.1:{port}");
-        if !port_open(&addr, Duration::from_secs(20)) {
-            let log = std::fs::read_to_string(data.path().join("tansu.log")).unwrap_or_default();
-            panic!("tansu did not listen on {addr} within 20 s; its log:\n{log}");
+        });
+        if !port_open(&self.addr, Duration::from_secs(20)) {
+            let log = std::fs::read_to_string(dir.join("tansu.log")).unwrap_or_default();
+            panic!(
+                "tansu did not listen on {} within 20 s; its log:\n{log}",
+                self.addr
+            );
         }
-        Broker {
-            kind: BrokerKind::Tansu,
-            addr,
-            _proc: proc,
-            _data: Some(data),
-        }
+    }
+
+    /// Kills Tansu with SIGKILL and starts it again on the same port and storage.
+    #[cfg_attr(not(feature = "external-tools"), allow(dead_code))]
+    pub fn restart_tansu(&self, down_for: Duration) {
+        assert_eq!(
+            self.kind,
+            BrokerKind::Tansu,
+            "only Tansu keeps data across restarts"
+        );
+        drop(self.proc.lock().unwrap().take());
+        std::thread::sleep(down_for);
+        self.start_tansu();
     }
 }
 
@@ -188,6 +244,10 @@ pub struct Env<'a> {
     pub tasks: String,
     pub results: String,
     pub group: String,
+    /// Classic group protocol on every broker: a killed member's partitions move
+    /// after its session times out (KIP-848 on the mock uses the broker's longer
+    /// session timeout).
+    pub classic_group: bool,
 }
 
 impl<'a> Env<'a> {
@@ -199,7 +259,14 @@ impl<'a> Env<'a> {
             tasks: format!("tasks-{tag}"),
             results: format!("results-{tag}"),
             group: format!("group-{tag}"),
+            classic_group: false,
         }
+    }
+
+    /// The same, with the classic group protocol and a 6 s session timeout.
+    pub fn classic(mut self) -> Self {
+        self.classic_group = true;
+        self
     }
 
     /// A `sluice` command wired to this broker, topics and group.
@@ -217,9 +284,11 @@ impl<'a> Env<'a> {
             .env("SLUICE_WORKER__COMMIT_INTERVAL_MS", "200");
         match self.broker.kind {
             // KIP-848 on the mock cluster: joins without waiting for a session timeout.
-            BrokerKind::Embedded => c.env("SLUICE_WORKER__GROUP_PROTOCOL", "consumer"),
+            BrokerKind::Embedded if !self.classic_group => {
+                c.env("SLUICE_WORKER__GROUP_PROTOCOL", "consumer")
+            }
             // Tansu has the classic protocol; its join waits about session.timeout/2.
-            BrokerKind::Tansu => c.env("SLUICE_WORKER__SESSION_TIMEOUT_MS", "6000"),
+            _ => c.env("SLUICE_WORKER__SESSION_TIMEOUT_MS", "6000"),
         };
         c
     }

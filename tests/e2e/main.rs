@@ -5,11 +5,13 @@
 //! broker`) or `tansu` (a `tansu` process; it must be on PATH or the test fails
 //! saying so). Tests that need kcat are in the `external-tools` feature.
 
+mod chaos;
 mod compose;
 mod dlq;
 mod harness;
 #[cfg(feature = "external-tools")]
 mod interop;
 mod pipeline;
+mod poison;
 mod produce;
 mod status;

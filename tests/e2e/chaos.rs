@@ -1,0 +1,209 @@
+//! Faults under load, as processes: a worker killed with SIGKILL, workers added
+//! and removed repeatedly. Each test counts task ids on the results topic and
+//! asserts that none is lost; duplicates are reported and bounded.
+//!
+//! Each test prints one `RELIABILITY|…` line; `scripts/reliability-report` turns
+//! those into the table in docs/RELIABILITY.md.
+
+use crate::harness::{by_task, stderr, Broker, Env};
+use std::time::{Duration, Instant};
+
+/// Tasks a worker may hold unfinished: the bound on what a crash can repeat,
+/// together with what finished since the last commit.
+const BUFFER: &str = "100";
+
+struct Tally {
+    sent: usize,
+    results: usize,
+    lost: usize,
+    duplicates: usize,
+}
+
+fn tally(env: &Env, sent: usize, timeout: Duration) -> Tally {
+    let results = env.results(sent, timeout);
+    let tasks = by_task(&results);
+    Tally {
+        sent,
+        results: results.len(),
+        lost: sent.saturating_sub(tasks.len()),
+        duplicates: tasks.values().map(|v| v.len() - 1).sum(),
+    }
+}
+
+fn report(broker: &Broker, test: &str, t: &Tally, fault: &str) {
+    println!(
+        "RELIABILITY|{test}|{fault}|{:?}|{}|{}|{}|{}",
+        broker.kind, t.sent, t.results, t.lost, t.duplicates
+    );
+}
+
+fn worker(env: &Env, id: &str) -> crate::harness::Proc {
+    let child = env
+        .cmd(&["worker", "--id", id, "--concurrency", "8"])
+        .env("SLUICE_WORKER__MAX_BUFFERED_TASKS", BUFFER)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    crate::harness::Proc {
+        child,
+        name: format!("worker {id}"),
+    }
+}
+
+fn produce(env: &Env, count: usize, ms: u64) {
+    let out = env.run(&[
+        "produce",
+        "--kind",
+        "sleep",
+        "--payload",
+        &format!(r#"{{"ms":{ms}}}"#),
+        "--count",
+        &count.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn wait_results(env: &Env, n: usize) {
+    let out = env.run(&[
+        "results",
+        "--wait",
+        &n.to_string(),
+        "--timeout-ms",
+        "90000",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_under_load_loses_nothing() {
+    let broker = Broker::start();
+    let env = Env::new(&broker, "kill9").classic();
+    let workers: Vec<_> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| worker(&env, id))
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = 3000;
+    produce(&env, sent, 10);
+    wait_results(&env, 600);
+    let mut workers = workers.into_iter();
+    let (w1, mut victim, w3) = (
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+    );
+    victim.child.kill().expect("SIGKILL");
+    let killed_at = Instant::now();
+    let t = tally(&env, sent, Duration::from_secs(120));
+    report(
+        &broker,
+        "kill -9 one of three workers",
+        &t,
+        "SIGKILL mid-run",
+    );
+    assert_eq!(t.lost, 0, "tasks lost after SIGKILL");
+    // The victim could repeat at most what it held unfinished, plus what it
+    // finished within the last commit interval (200 ms at 8 × 10 ms tasks).
+    assert!(t.duplicates <= 100 + 200, "{} duplicates", t.duplicates);
+    drop((w1, w3));
+    eprintln!("recovered {:?} after the kill", killed_at.elapsed());
+}
+
+#[test]
+fn adding_and_removing_workers_under_load_loses_nothing() {
+    let broker = Broker::start();
+    let env = Env::new(&broker, "storm").classic();
+    let _base = [worker(&env, "base-1"), worker(&env, "base-2")];
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = 3000;
+    produce(&env, sent, 10);
+    for round in 0..3 {
+        let extra = worker(&env, &format!("extra-{round}"));
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            extra.terminate(Duration::from_secs(30)).success(),
+            "extra worker {round} did not drain cleanly"
+        );
+    }
+    let t = tally(&env, sent, Duration::from_secs(120));
+    report(
+        &broker,
+        "rebalance storm: add and remove a worker 3 times",
+        &t,
+        "joins and graceful leaves",
+    );
+    assert_eq!(t.lost, 0, "tasks lost in the rebalance storm");
+}
+
+fn alive(w: &mut crate::harness::Proc) -> bool {
+    w.child.try_wait().expect("wait").is_none()
+}
+
+/// Always the embedded broker: its fault injection is librdkafka's mock cluster's.
+#[test]
+fn broker_faults_under_load_lose_nothing_and_workers_recover_by_themselves() {
+    let broker = Broker::embedded();
+    let env = Env::new(&broker, "faults").classic();
+    let mut workers = [worker(&env, "f1"), worker(&env, "f2")];
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = 2000;
+    produce(&env, sent, 5);
+    wait_results(&env, 200);
+    for fault in [
+        "errors Produce 30 not_leader",
+        "errors Fetch 20 not_leader",
+        "errors OffsetCommit 20 coordinator_not_available",
+        "errors Heartbeat 5 rebalance_in_progress",
+        "errors JoinGroup 3 coordinator_not_available",
+        "errors SyncGroup 3 coordinator_not_available",
+        "errors Produce 5 transport",
+        "rtt 300",
+    ] {
+        broker.fault(fault);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    broker.fault("rtt 0");
+    wait_results(&env, 800);
+    broker.fault("down");
+    std::thread::sleep(Duration::from_secs(3));
+    broker.fault("up");
+    let t = tally(&env, sent, Duration::from_secs(120));
+    report(
+        &broker,
+        "broker faults: request errors, latency, down/up",
+        &t,
+        "mock fault injection",
+    );
+    assert_eq!(t.lost, 0, "tasks lost under broker faults");
+    assert!(workers.iter_mut().all(alive), "a worker needed a restart");
+    // And they still work: new tasks after the faults get results.
+    produce(&env, 50, 1);
+    let t2 = tally(&env, sent + 50, Duration::from_secs(60));
+    assert_eq!(t2.lost, 0);
+}
+
+/// Always Tansu: the only broker here that keeps data across a restart.
+#[cfg(feature = "external-tools")]
+#[test]
+fn tansu_restarted_under_load_loses_nothing() {
+    let broker = Broker::tansu();
+    let env = Env::new(&broker, "tansu-restart").classic();
+    let mut workers = [worker(&env, "t1"), worker(&env, "t2")];
+    std::thread::sleep(Duration::from_secs(5));
+    let sent = 2000;
+    produce(&env, sent, 10);
+    wait_results(&env, 300);
+    broker.restart_tansu(Duration::from_secs(2));
+    let t = tally(&env, sent, Duration::from_secs(150));
+    report(
+        &broker,
+        "Tansu killed and restarted (SQLite storage)",
+        &t,
+        "broker SIGKILL + restart",
+    );
+    assert_eq!(t.lost, 0, "tasks lost across the broker restart");
+    assert!(workers.iter_mut().all(alive), "a worker needed a restart");
+}
