@@ -42,6 +42,25 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Start a broker and workers, run a demo workload, print a summary.
     Dev(DevArgs),
+    /// Ask a worker on this machine whether it is ready (exit 0) or not (exit 1),
+    /// for container health checks.
+    Health(HealthArgs),
+}
+
+/// `sluice health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Ask whether the process is alive (/health/live) instead of ready.
+    #[arg(long)]
+    pub live: bool,
+    /// The worker's endpoint, ip:port (default: metrics.listen; 0.0.0.0 is asked
+    /// on 127.0.0.1). A worker that moved to a later port because its port was
+    /// taken logs the address it uses.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Give up after this many milliseconds without an answer.
+    #[arg(long, default_value_t = 3_000)]
+    pub timeout_ms: u64,
 }
 
 /// `sluice dlq`.
@@ -316,7 +335,7 @@ impl Cli {
             // `dev` prints its own summary; task failures it provokes on purpose
             // are not news. RUST_LOG still overrides this.
             Command::Dev(_) if cfg.log == Default::default() => cfg.log.level = "error".into(),
-            Command::Broker(_) | Command::Dev(_) => {}
+            Command::Broker(_) | Command::Dev(_) | Command::Health(_) => {}
         }
     }
 }

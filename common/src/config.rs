@@ -25,6 +25,8 @@ pub struct Config {
     pub producer: ProducerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The metrics and health endpoint of workers.
+    pub metrics: MetricsConfig,
 }
 
 /// Connection to the cluster.
@@ -330,6 +332,57 @@ impl Default for LogConfig {
     }
 }
 
+/// The HTTP endpoint a worker serves: `/metrics` (Prometheus text format),
+/// `/health/live` and `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve the endpoint. Off, a worker still runs but cannot be scraped or probed.
+    pub enabled: bool,
+    /// Address to listen on, `ip:port`. The default stays on this machine; use
+    /// `0.0.0.0:9464` when Prometheus runs elsewhere (the compose file does).
+    /// 9464 is the port Prometheus' registry lists for OpenTelemetry exporters.
+    /// Port 0 lets the system pick a free port.
+    pub listen: String,
+    /// When the port of `listen` is taken, try up to this many ports after it, so
+    /// several workers on one machine with the default settings each get their
+    /// own endpoint (9464, 9465, …). 0 tries only `listen`. The port in use is
+    /// logged at start.
+    pub port_search: u16,
+    /// How often librdkafka reports its statistics (consumer lag per partition,
+    /// broker round-trip times, producer queue), in ms; 0 turns them off. Each
+    /// report is a JSON document parsed on the poll thread, so keep it in seconds.
+    pub statistics_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+            port_search: 50,
+            statistics_interval_ms: 5_000,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// `listen` as an address; [`Config::validate`] has checked it parses.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "metrics.listen: `{}` is not an ip:port address such as 127.0.0.1:9464",
+                self.listen
+            ))
+        })
+    }
+
+    /// Statistics interval to configure on clients, when statistics are wanted.
+    pub fn statistics_interval(&self) -> Option<u64> {
+        (self.enabled && self.statistics_interval_ms > 0).then_some(self.statistics_interval_ms)
+    }
+}
+
 /// A configuration that could not be loaded; the message names the source and field.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -447,6 +500,9 @@ impl Config {
                 );
             }
         }
+        if self.metrics.enabled {
+            self.metrics.listen_addr()?;
+        }
         for (kind, h) in &self.worker.handlers {
             if h.command.is_empty() {
                 return fail(
@@ -542,6 +598,24 @@ mod tests {
         let cfg = Config::load(Some(f.path()), vec![]).unwrap();
         assert_eq!(cfg.worker.handlers["wc"].args, vec!["-w"]);
         assert_eq!(cfg.worker.handlers["wc"].stderr_tail_bytes, 2048);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address() {
+        let e = Config::load(None, env(&[("SLUICE_METRICS__LISTEN", "localhost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen"), "{e}");
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("SLUICE_METRICS__LISTEN", "localhost"),
+                ("SLUICE_METRICS__ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.metrics.statistics_interval(), None, "off when disabled");
+        assert_eq!(Config::default().metrics.statistics_interval(), Some(5000));
     }
 
     #[test]

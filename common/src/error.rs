@@ -24,6 +24,15 @@ pub enum Error {
     /// librdkafka rejected a configuration or operation.
     #[error("kafka client error: {0}")]
     Client(String),
+    /// The metrics endpoint cannot listen: change `metrics.listen` or
+    /// `metrics.port_search`, free the port, or set `metrics.enabled = false`.
+    #[error("metrics endpoint: cannot listen on {addr} ({cause}); change metrics.listen or metrics.port_search, or set metrics.enabled = false")]
+    Listen {
+        /// The address or range tried.
+        addr: String,
+        /// The system's reason.
+        cause: String,
+    },
     /// The embedded broker could not start.
     #[error("embedded broker: {0}")]
     Broker(String),

@@ -8,12 +8,14 @@
 
 use crate::config::{Config, GroupProtocol};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings every client shares.
@@ -49,14 +51,15 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
 }
 
 /// A worker's group consumer. At-least-once: offsets are stored by the worker only
-/// when a task's result is durable, and auto-commit commits only stored offsets.
+/// when a task's result is durable, and the worker's poll thread commits them
+/// itself every `worker.commit_interval_ms` (not librdkafka's auto-commit, so that
+/// it can time each commit and count failures).
 pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let w = &cfg.worker;
     let mut c = base(cfg, client_id);
     c.set("group.id", &w.group)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", w.commit_interval_ms.to_string())
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string());
@@ -74,7 +77,43 @@ pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
             c.set("group.protocol", "consumer");
         }
     }
+    statistics(&mut c, cfg);
     finish(c, cfg)
+}
+
+/// Asks for librdkafka's statistics callback when metrics want them.
+fn statistics(c: &mut ClientConfig, cfg: &Config) {
+    if let Some(ms) = cfg.metrics.statistics_interval() {
+        c.set("statistics.interval.ms", ms.to_string());
+    }
+}
+
+/// The context of a worker's producer: its statistics feed [`Metrics`].
+pub struct ProducerStats(pub Arc<Metrics>);
+
+impl ClientContext for ProducerStats {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.0.producer_statistics(&statistics);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+/// The producer of a worker's results, retries and dead letters: a
+/// [`producer`] whose statistics go to `metrics`.
+pub fn worker_producer(
+    cfg: &Config,
+    client_id: &str,
+    metrics: Arc<Metrics>,
+) -> Result<FutureProducer<ProducerStats>, Error> {
+    let mut c = producer_config(cfg, client_id);
+    statistics(&mut c, cfg);
+    // Applied again so that a raw statistics.interval.ms still wins.
+    finish(c, cfg)
+        .create_with_context(ProducerStats(metrics))
+        .map_err(Error::client)
 }
 
 /// A consumer that reads topics by explicit assignment, outside any group, and

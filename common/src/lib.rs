@@ -2,7 +2,8 @@
 //!
 //! What every Sluice process shares: the wire format of tasks and results, the
 //! configuration model, the one module that builds Kafka clients, the embedded
-//! broker, shutdown signalling and logging setup.
+//! broker, shutdown signalling, logging setup, and the metrics registry with its
+//! HTTP endpoint.
 //!
 //! # Layout
 //! - [`task`]: wire format v1 — [`Task`], [`TaskResult`], [`Status`].
@@ -10,6 +11,9 @@
 //! - [`dead_letter`]: headers of dead-letter records.
 //! - [`kafka`]: builds producers and consumers; creates topics.
 //! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
+//! - [`metrics`]: [`Metrics`], the one owner of the Prometheus registry.
+//! - [`health`]: [`Health`], what `/health/live` and `/health/ready` mean.
+//! - [`exporter`]: the HTTP endpoint serving metrics and health.
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`telemetry`]: logging and the default worker id.
 //! - [`error`]: [`Error`], split by what the caller does next.
@@ -18,7 +22,10 @@ pub mod broker;
 pub mod config;
 pub mod dead_letter;
 pub mod error;
+pub mod exporter;
+pub mod health;
 pub mod kafka;
+pub mod metrics;
 pub mod shutdown;
 pub mod task;
 pub mod telemetry;
@@ -26,4 +33,6 @@ pub mod telemetry;
 pub use broker::{EmbeddedBroker, Fault, TopicSpec};
 pub use config::Config;
 pub use error::Error;
+pub use health::Health;
+pub use metrics::Metrics;
 pub use task::{Coordinates, JobRef, Status, Task, TaskResult};

@@ -47,6 +47,9 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     // The mock cluster answers a waiting fetch only when its wait expires, even if
     // records arrived meanwhile; a short wait keeps the demo's latency honest.
     cfg.kafka.fetch_wait_max_ms = 10;
+    // Several workers share this process, and an endpoint per worker would only
+    // take ports; `sluice worker` is the process to scrape.
+    cfg.metrics.enabled = false;
     eprintln!(
         "embedded broker on {}; starting {} workers (concurrency {} each) on {} partitions",
         broker.bootstrap(),

@@ -3,6 +3,7 @@
 mod broker;
 mod dev;
 mod dlq;
+mod health;
 mod produce;
 mod results;
 mod status;
@@ -22,5 +23,6 @@ pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a, cfg).await,
         Command::Dlq(c) => dlq::run(c, cfg).await,
         Command::Dev(a) => dev::run(a, cfg).await,
+        Command::Health(a) => health::run(a, cfg).await,
     }
 }

@@ -7,10 +7,16 @@
 //! another, and when too many tasks are buffered the thread pauses its partitions
 //! and keeps polling instead of blocking.
 //!
-//! Offsets: a record's offset is stored (for the next auto-commit) only when the
-//! [`OffsetTracker`] says every earlier offset of its partition is done; on revoke
-//! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
-//! synchronously.
+//! Offsets: a record's offset is stored only when the [`OffsetTracker`] says
+//! every earlier offset of its partition is done. The thread commits what is
+//! committable every `worker.commit_interval_ms`, and on revoke and at shutdown,
+//! after waiting for in-flight tasks up to a deadline; every commit is
+//! synchronous and timed for the metrics. A synchronous commit holds the poll
+//! loop for one broker round trip, which stays far below
+//! `max.poll.interval.ms`; librdkafka sends heartbeats from its own threads.
+//!
+//! The thread also keeps the worker's [`Health`] current (last poll, partitions
+//! held) and feeds librdkafka's statistics reports into [`Metrics`].
 
 use crate::admission::Admission;
 use crate::tracker::{OffsetTracker, Tp};
@@ -18,6 +24,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_common::metrics::Rebalance as RebalanceEvent;
+use sluice_common::{Health, Metrics};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
@@ -53,6 +61,8 @@ struct PollState {
     handed_out: usize,
     next_epoch: u64,
     assignment_changed: bool,
+    /// Offsets were stored since the last successful periodic commit.
+    uncommitted: bool,
 }
 
 /// The consumer context: rebalance callbacks with access to the tracker.
@@ -60,6 +70,16 @@ pub(crate) struct WorkerContext {
     state: Mutex<PollState>,
     admission: Arc<Admission>,
     drain_timeout: Duration,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Why a commit happens, for its log line when it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitReason {
+    Periodic,
+    Revoke,
+    Shutdown,
 }
 
 impl WorkerContext {
@@ -67,6 +87,8 @@ impl WorkerContext {
         completions: mpsc::Receiver<Completion>,
         admission: Arc<Admission>,
         drain_timeout: Duration,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Self {
         WorkerContext {
             state: Mutex::new(PollState {
@@ -75,9 +97,12 @@ impl WorkerContext {
                 handed_out: 0,
                 next_epoch: 1,
                 assignment_changed: false,
+                uncommitted: false,
             }),
             admission,
             drain_timeout,
+            metrics,
+            health,
         }
     }
 
@@ -121,6 +146,9 @@ impl WorkerContext {
                 let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
             }
         }
+        if tpl.count() > 0 {
+            st.uncommitted = true;
+        }
         drop(st);
         if tpl.count() > 0 {
             if let Err(e) = consumer.store_offsets(&tpl) {
@@ -151,8 +179,14 @@ impl WorkerContext {
         }
     }
 
-    /// Synchronously commits the committable position of `tps`.
-    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp]) {
+    /// Synchronously commits the committable position of `tps`; false when the
+    /// commit failed.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+        tps: &[Tp],
+        reason: CommitReason,
+    ) -> bool {
         let mut tpl = TopicPartitionList::new();
         {
             let st = self.state();
@@ -163,19 +197,49 @@ impl WorkerContext {
             }
         }
         if tpl.count() == 0 {
-            return;
+            return true;
         }
         let started = Instant::now();
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => tracing::debug!(
-                partitions = tpl.count(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "committed"
-            ),
+        let result = consumer.commit(&tpl, CommitMode::Sync);
+        self.metrics.committed(started.elapsed(), result.is_ok());
+        match result {
+            Ok(()) => {
+                tracing::debug!(
+                    partitions = tpl.count(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ?reason,
+                    "committed"
+                );
+                true
+            }
+            // A commit during a rebalance is refused; the next one carries the
+            // same offsets, so only a commit that is the last chance is news.
+            Err(e) if reason == CommitReason::Periodic => {
+                tracing::debug!(error = %e, "periodic commit failed; retried at the next interval");
+                false
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "commit failed; uncommitted tasks will run again elsewhere")
+                tracing::warn!(error = %e, ?reason, "commit failed; uncommitted tasks will run again elsewhere");
+                false
             }
         }
+    }
+
+    /// Commits what became committable since the last periodic commit.
+    fn commit_due(&self, consumer: &BaseConsumer<WorkerContext>) {
+        if !std::mem::take(&mut self.state().uncommitted) {
+            return;
+        }
+        if !self.commit(consumer, &self.assigned(), CommitReason::Periodic) {
+            self.state().uncommitted = true;
+        }
+    }
+
+    /// Partitions held changed: gauges and readiness follow.
+    fn rebalanced(&self, event: RebalanceEvent) {
+        let held = self.admission.counters.assigned();
+        self.metrics.rebalanced(event, held);
+        self.health.partitions_assigned(held);
     }
 
     fn assigned(&self) -> Vec<Tp> {
@@ -186,6 +250,12 @@ impl WorkerContext {
 impl ClientContext for WorkerContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         sluice_common::kafka::log_client_error(&error, reason);
+    }
+
+    // Runs on the poll thread, inside `poll`, every metrics.statistics_interval_ms.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics
+            .consumer_statistics(&statistics, &self.admission.assigned());
     }
 }
 
@@ -208,9 +278,10 @@ impl ConsumerContext for WorkerContext {
                     tracing::warn!(unfinished = left, "revoked partitions still had running tasks after the drain timeout; their new owner runs them again");
                 }
                 if !consumer.assignment_lost() {
-                    self.commit(consumer, &tps);
+                    self.commit(consumer, &tps, CommitReason::Revoke);
                 }
                 self.admission.remove(&tps);
+                self.rebalanced(RebalanceEvent::Revoked);
                 let mut st = self.state();
                 for tp in &tps {
                     st.tracker.revoke(tp);
@@ -239,10 +310,12 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             st.assignment_changed = true;
+            drop(st);
             self.admission
                 .counters
                 .rebalances
                 .fetch_add(1, Ordering::Relaxed);
+            self.rebalanced(RebalanceEvent::Assigned);
             tracing::info!(partitions = %render(&tps), "partitions assigned");
         }
     }
@@ -258,6 +331,7 @@ fn render(tps: &[Tp]) -> String {
 pub(crate) struct PollLimits {
     pub max_buffered: usize,
     pub shutdown_timeout: Duration,
+    pub commit_interval: Duration,
 }
 
 /// What the poll thread saw, reported when it ends.
@@ -277,8 +351,13 @@ pub(crate) fn poll_loop(
     let ctx = consumer.context().clone();
     let mut paused = false;
     let mut last_error: Option<(String, Instant)> = None;
+    let mut last_commit = Instant::now();
     while !stop.is_cancelled() {
         ctx.absorb(&consumer, Duration::ZERO);
+        if last_commit.elapsed() >= limits.commit_interval {
+            last_commit = Instant::now();
+            ctx.commit_due(&consumer);
+        }
         let (in_flight, changed) = {
             let mut st = ctx.state();
             (st.handed_out, std::mem::take(&mut st.assignment_changed))
@@ -290,8 +369,13 @@ pub(crate) fn poll_loop(
             set_paused(&consumer, false);
             paused = false;
         }
+        let held = ctx.admission.counters.assigned();
+        ctx.metrics
+            .poll_state(in_flight, if paused { held } else { 0 });
         let wait = if paused { 5 } else { 50 };
-        match consumer.poll(Duration::from_millis(wait)) {
+        let polled = consumer.poll(Duration::from_millis(wait));
+        ctx.health.polled();
+        match polled {
             Some(Ok(msg)) => {
                 let tp = (msg.topic().to_string(), msg.partition());
                 let epoch = {
@@ -335,6 +419,7 @@ pub(crate) fn poll_loop(
         }
     }
     // Shutdown: fetch nothing more, let in-flight tasks finish, commit, leave.
+    ctx.health.stopping();
     set_paused(&consumer, true);
     drop(out);
     let deadline = Instant::now() + limits.shutdown_timeout;
@@ -349,7 +434,7 @@ pub(crate) fn poll_loop(
         ctx.absorb(&consumer, Duration::from_millis(10));
     }
     let unfinished = ctx.state().tracker.in_flight();
-    ctx.commit(&consumer, &assigned);
+    ctx.commit(&consumer, &assigned, CommitReason::Shutdown);
     if unfinished > 0 {
         tracing::warn!(
             unfinished,

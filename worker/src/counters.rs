@@ -1,5 +1,6 @@
-//! Live counters of one worker, readable while it runs (by `sluice dev`, tests,
-//! and the metrics exporter).
+//! Live counters of one worker, readable in-process while it runs (by
+//! `sluice dev` and tests). Prometheus metrics are `sluice_common::Metrics`,
+//! updated at the same places.
 
 use sluice_common::Status;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

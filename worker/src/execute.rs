@@ -19,7 +19,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use sluice_common::config::WorkerConfig;
 use sluice_common::task::now_ms;
-use sluice_common::{Coordinates, Status, Task, TaskResult};
+use sluice_common::{Coordinates, Metrics, Status, Task, TaskResult};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -51,6 +51,7 @@ pub(crate) struct Executor {
     /// Cancelled when the shutdown deadline passes: stop retrying and writing.
     pub give_up: CancellationToken,
     pub counters: Arc<Counters>,
+    pub metrics: Arc<Metrics>,
     pub valve: Valve,
 }
 
@@ -80,6 +81,7 @@ impl Executor {
         let mut task = match Task::decode(inc.value.as_deref(), self.cfg.max_task_bytes) {
             Ok(t) => t,
             Err(e) => {
+                self.metrics.task_received(&self.metrics.kind(""));
                 if !self.admit(inc) {
                     return None;
                 }
@@ -88,6 +90,8 @@ impl Executor {
                 return Some(self.give_up_on(&origin, id, None, now_ms(), e.to_string()));
             }
         };
+        let labels = self.metrics.kind(&task.kind);
+        self.metrics.task_received(&labels);
         let id = task
             .id
             .clone()
@@ -114,7 +118,14 @@ impl Executor {
                 if !self.admit(inc) {
                     return None;
                 }
-                started_ms = Some(now_ms());
+                let now = now_ms();
+                started_ms = Some(now);
+                // Later attempts (from the retry topic) waited for their backoff,
+                // not in a queue.
+                if task.attempt() == 1 {
+                    self.metrics
+                        .task_started(since(task.created_ms.or(origin.record_ms), now));
+                }
             }
             let started = started_ms.unwrap_or_default();
             if let Some(deadline) = task.deadline_ms.filter(|d| now_ms() > *d) {
@@ -131,10 +142,12 @@ impl Executor {
             }
             let attempt = task.attempt();
             let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt);
+            let running = self.metrics.attempt_started(&labels);
             let ran = self
                 .attempt(&task, &id, inc, timeout)
                 .instrument(span.clone())
                 .await;
+            drop(running);
             drop(permit);
             let _enter = span.enter();
             let error = match ran {
@@ -163,6 +176,7 @@ impl Executor {
             }
             let wait = policy.backoff(attempt, rand::random());
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.task_retried(&labels);
             tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "attempt failed; will retry");
             task.attempt = Some(attempt + 1);
             if !in_place {
@@ -192,6 +206,7 @@ impl Executor {
                 result,
                 dead_letter,
             } => {
+                let labels = self.metrics.kind(&result.kind);
                 let parked = match &dead_letter {
                     // Once the valve tripped, records are handed back, not parked:
                     // stopping is the point, and they run again after a fix.
@@ -203,7 +218,11 @@ impl Executor {
                             task_id: &result.task_id,
                             kind: &result.kind,
                         };
-                        self.outbox.dead_letter(&inc, &why, &self.give_up).await
+                        let parked = self.outbox.dead_letter(&inc, &why, &self.give_up).await;
+                        if parked {
+                            self.metrics.task_dead_lettered(&labels);
+                        }
+                        parked
                     }
                     None => true,
                 };
@@ -214,6 +233,8 @@ impl Executor {
                 };
                 if let Some(status) = delivered {
                     self.counters.finished(status);
+                    self.metrics
+                        .task_finished(&labels, status, since(result.created_ms, now_ms()));
                 }
                 delivered.is_some()
             }
@@ -227,6 +248,7 @@ impl Executor {
             .admit(&inc.topic, inc.partition, inc.epoch, inc.offset);
         if !ok {
             self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            self.metrics.task_abandoned();
             self.complete(inc, false);
         }
         ok
@@ -339,4 +361,10 @@ impl Executor {
             job: task.and_then(|t| t.job.clone()),
         }
     }
+}
+
+/// Time from `from_ms` to `to_ms` (Unix ms); zero when the clocks of producer and
+/// worker disagree the other way, unknown without a start.
+fn since(from_ms: Option<u64>, to_ms: u64) -> Option<Duration> {
+    from_ms.map(|f| Duration::from_millis(to_ms.saturating_sub(f)))
 }

@@ -7,8 +7,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use sluice_common::task::now_ms;
 use sluice_common::dead_letter::headers;
+use sluice_common::kafka::ProducerStats;
+use sluice_common::task::now_ms;
 use sluice_common::{Status, Task, TaskResult};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ pub(crate) struct DeadLetter<'a> {
 
 /// The worker's producer and topics.
 pub(crate) struct Outbox {
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<ProducerStats>,
     pub results: String,
     pub retry: String,
     pub dead_letter: String,

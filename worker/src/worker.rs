@@ -1,5 +1,6 @@
-//! The worker supervisor: sets up clients, starts the poll thread, routes records
-//! into lanes, and on shutdown drains within a deadline.
+//! The worker supervisor: serves metrics and health, sets up clients, starts the
+//! poll thread, routes records into lanes, and on shutdown drains within a
+//! deadline.
 
 use crate::admission::Admission;
 use crate::consumer::{poll_loop, PollLimits, WorkerContext};
@@ -13,7 +14,7 @@ use crate::valve::Valve;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use sluice_common::telemetry::default_worker_id;
-use sluice_common::{kafka, Config};
+use sluice_common::{exporter, kafka, Config, Health, Metrics};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,33 @@ pub async fn run_with(
 ) -> Result<Summary, WorkerError> {
     let worker_id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
     let w = &cfg.worker;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    // First, so that probes get answers (live; not ready, starting) while the
+    // worker connects, and a bad address fails before anything else starts.
+    let endpoint_stop = CancellationToken::new();
+    let _endpoint_guard = endpoint_stop.clone().drop_guard();
+    let metrics_url = if cfg.metrics.enabled {
+        let listener = exporter::bind(&cfg.metrics).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| sluice_common::Error::Listen {
+                addr: cfg.metrics.listen.clone(),
+                cause: e.to_string(),
+            })?;
+        let url = exporter::metrics_url(addr);
+        tracing::info!(url = %url, "metrics served");
+        tokio::spawn(exporter::serve(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            endpoint_stop.clone(),
+        ));
+        Some(url)
+    } else {
+        None
+    };
+    metrics.worker_started(&worker_id, &w.group, &registry.kinds());
     let (retry_topic, dlq_topic) = (cfg.topics.retry_topic(), cfg.topics.dead_letter_topic());
     kafka::ensure_topics(
         &cfg,
@@ -96,7 +124,7 @@ pub async fn run_with(
         ],
     )
     .await?;
-    let producer = kafka::producer(&cfg, &worker_id)?;
+    let producer = kafka::worker_producer(&cfg, &worker_id, metrics.clone())?;
     // The caller's token, or the safety valve, stops the worker.
     let shutdown = shutdown.child_token();
 
@@ -106,6 +134,8 @@ pub async fn run_with(
         done_rx,
         admission.clone(),
         Duration::from_millis(w.drain_timeout_ms),
+        metrics.clone(),
+        health.clone(),
     );
     let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&cfg, &worker_id)
         .create_with_context(context)
@@ -113,7 +143,7 @@ pub async fn run_with(
     consumer
         .subscribe(&[&cfg.topics.tasks, &retry_topic])
         .map_err(sluice_common::Error::client)?;
-    tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), "worker started");
+    tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
 
     let give_up = CancellationToken::new();
     let executor = Arc::new(Executor {
@@ -131,6 +161,7 @@ pub async fn run_with(
         stopping: shutdown.clone(),
         give_up: give_up.clone(),
         counters: counters.clone(),
+        metrics: metrics.clone(),
         valve: Valve::new(w.max_dead_letters_per_minute, shutdown.clone()),
     });
     let tasks = TaskTracker::new();
@@ -140,6 +171,7 @@ pub async fn run_with(
     let limits = PollLimits {
         max_buffered: w.max_buffered_tasks,
         shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
+        commit_interval: Duration::from_millis(w.commit_interval_ms),
     };
     let stop = shutdown.clone();
     let poller = tokio::task::spawn_blocking(move || poll_loop(consumer, tx, stop, limits));

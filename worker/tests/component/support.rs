@@ -28,6 +28,8 @@ pub fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
     cfg.worker.group_protocol = GroupProtocol::Consumer;
     cfg.worker.commit_interval_ms = 200;
     cfg.worker.shutdown_timeout_ms = 10_000;
+    // Many workers run in this one process: each gets a port of its own.
+    cfg.metrics.listen = "127.0.0.1:0".into();
     (b, cfg)
 }
 
