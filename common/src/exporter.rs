@@ -151,18 +151,17 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// GETs `path` from the endpoint on `addr` and returns the status code and body.
-/// Blocking, with `timeout` on connecting and on each read, for health checks
-/// and tests, which have no runtime to spare.
+/// GETs `path` (with its query string, already encoded) from the HTTP server on
+/// `addr` and returns the status code and body. Blocking, with `timeout` on
+/// connecting and on each read: for `sluice health` and tests, which need no
+/// HTTP client library for that.
 pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let addr = reachable(addr);
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    // HTTP/1.0: the answer comes whole, never chunked, and the server closes.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw);

@@ -3,7 +3,8 @@
 //!
 //! The broker comes from `SLUICE_TEST_BROKER`: `embedded` (default, `sluice
 //! broker`) or `tansu` (a `tansu` process; it must be on PATH or the test fails
-//! saying so). Tests that need kcat are in the `external-tools` feature.
+//! saying so). Tests that need kcat, or Prometheus and promtool, are in the
+//! `external-tools` feature.
 
 mod chaos;
 mod compose;
@@ -11,7 +12,10 @@ mod dlq;
 mod harness;
 #[cfg(feature = "external-tools")]
 mod interop;
+mod metrics;
 mod pipeline;
 mod poison;
 mod produce;
+#[cfg(feature = "external-tools")]
+mod prometheus;
 mod status;
