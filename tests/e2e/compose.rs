@@ -5,7 +5,10 @@
 //! running a subcommand that was renamed, a misspelt `SLUICE_…` variable (the
 //! program would refuse it at start), a bind mount of a file that does not exist,
 //! a dependency on a missing service, a worker that cannot scale, an image that
-//! does not run `sluice`. Each check is tested on a snippet that breaks it.
+//! does not run `sluice`, a health check calling a program the image lacks. The
+//! monitoring services must agree with dashboards/: Prometheus scrapes the port
+//! the workers listen on, Grafana loads the dashboards from where its
+//! provisioning looks. Each check is tested on a snippet that breaks it.
 
 use crate::harness::sluice_bin;
 use serde_yaml::Value;
@@ -192,6 +195,16 @@ fn check(compose: &str, known: &Known) -> Vec<String> {
             }
         }
 
+        if sluice_command.is_some() {
+            if let Some(p) = svc
+                .get("healthcheck")
+                .and_then(|h| h.get("test"))
+                .and_then(|t| healthcheck_problem(t, known))
+            {
+                say(p);
+            }
+        }
+
         for dep in svc.get("depends_on").map(names).unwrap_or_default() {
             if !service_names.contains(&dep) {
                 say(format!("depends on `{dep}`, which is not a service"));
@@ -260,6 +273,41 @@ fn check(compose: &str, known: &Known) -> Vec<String> {
         }
     }
     problems
+}
+
+/// What is wrong with the health check `test` of a service running the Sluice
+/// image, which holds `sluice` and a shell but no HTTP client.
+fn healthcheck_problem(test: &Value, known: &Known) -> Option<String> {
+    let words: Vec<String> = match test {
+        Value::Sequence(items) => {
+            let items: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            match items.split_first() {
+                Some((&"CMD", rest)) => rest.iter().map(|s| s.to_string()).collect(),
+                Some((&"CMD-SHELL", [cmd])) => cmd.split_whitespace().map(str::to_string).collect(),
+                Some((&"NONE", _)) => return None,
+                _ => {
+                    return Some(format!(
+                        "health check test {items:?} is not CMD, CMD-SHELL or NONE"
+                    ))
+                }
+            }
+        }
+        Value::String(cmd) => cmd.split_whitespace().map(str::to_string).collect(),
+        _ => return Some("health check test is neither a list nor a string".into()),
+    };
+    let program = words.first().map(String::as_str).unwrap_or("");
+    if program != "sluice" && !program.ends_with("/sluice") {
+        return Some(format!(
+            "health check runs `{program}`, which the sluice image lacks; use `sluice health`"
+        ));
+    }
+    match words.get(1) {
+        Some(sub) if known.subcommands.contains(sub) => None,
+        other => Some(format!(
+            "health check runs `sluice {}`, not a sluice subcommand",
+            other.map(String::as_str).unwrap_or("")
+        )),
+    }
 }
 
 /// Instructions of a Dockerfile, with continuations joined and comments dropped.
@@ -354,6 +402,85 @@ fn the_compose_file_has_the_services_the_readme_uses() {
     }
 }
 
+/// The target of the bind mount of `source` in `svc`.
+fn mount_target(svc: &Value, source: &str) -> Option<String> {
+    svc["volumes"].as_sequence()?.iter().find_map(|v| {
+        let mut parts = v.as_str()?.split(':');
+        if parts.next()? != source {
+            return None;
+        }
+        parts.next().map(str::to_string)
+    })
+}
+
+fn yaml_file(path: &str) -> Value {
+    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn prometheus_and_grafana_see_the_workers_and_the_dashboards() {
+    let doc: Value = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
+    let services = &doc["services"];
+    let worker = &services["worker"];
+    assert_eq!(
+        worker["healthcheck"]["test"],
+        serde_yaml::from_str::<Value>(r#"["CMD", "sluice", "health"]"#).unwrap(),
+        "workers report readiness"
+    );
+
+    // Prometheus finds the workers by the service's DNS name, on their port.
+    let listen = worker["environment"]["SLUICE_METRICS__LISTEN"]
+        .as_str()
+        .expect("workers set SLUICE_METRICS__LISTEN");
+    let (host, port) = listen.rsplit_once(':').unwrap();
+    assert_eq!(host, "0.0.0.0", "other containers must reach the endpoint");
+    let prom = &services["prometheus"];
+    assert_eq!(
+        mount_target(prom, "./dashboards/prometheus.yml").as_deref(),
+        Some("/etc/prometheus/prometheus.yml")
+    );
+    let config = yaml_file("dashboards/prometheus.yml");
+    let sd = &config["scrape_configs"][0]["dns_sd_configs"][0];
+    assert_eq!(sd["type"].as_str(), Some("A"));
+    assert_eq!(sd["names"][0].as_str(), Some("worker"));
+    assert_eq!(
+        sd["port"].as_u64().map(|p| p.to_string()).as_deref(),
+        Some(port)
+    );
+    // The rule file it names is mounted beside it.
+    let rules = config["rule_files"][0].as_str().unwrap();
+    assert_eq!(
+        mount_target(prom, &format!("./dashboards/{rules}")),
+        Some(format!("/etc/prometheus/{rules}"))
+    );
+    assert_eq!(prom["ports"][0].as_str(), Some("9090:9090"));
+
+    // Grafana: data source at the prometheus service, dashboards where the
+    // provider looks, anonymous viewers, the overview as home.
+    let grafana = &services["grafana"];
+    assert_eq!(grafana["ports"][0].as_str(), Some("3000:3000"));
+    assert_eq!(
+        mount_target(grafana, "./dashboards/provisioning").as_deref(),
+        Some("/etc/grafana/provisioning")
+    );
+    let provider = &yaml_file("dashboards/provisioning/dashboards/sluice.yml")["providers"][0];
+    let path = provider["options"]["path"].as_str().unwrap();
+    assert_eq!(mount_target(grafana, "./dashboards").as_deref(), Some(path));
+    let source = &yaml_file("dashboards/provisioning/datasources/prometheus.yml")["datasources"][0];
+    assert_eq!(source["url"].as_str(), Some("http://prometheus:9090"));
+    assert!(services.get("prometheus").is_some());
+    let env = &grafana["environment"];
+    assert_eq!(env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    let home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        .as_str()
+        .unwrap();
+    let file = home
+        .strip_prefix(path)
+        .expect("the home dashboard is one of the provisioned ones");
+    let local = root().join("dashboards").join(file.trim_start_matches('/'));
+    assert!(local.is_file(), "{home}: no {}", local.display());
+}
+
 #[test]
 fn the_dockerfile_runs_sluice_as_a_non_root_user() {
     let problems = check_dockerfile(&read("Dockerfile"));
@@ -432,6 +559,16 @@ services:
   builder:
     build:
       context: ./no-such-context
+  probed:
+    image: sluice:latest
+    command: ["worker"]
+    healthcheck:
+      test: ["CMD-SHELL", "curl -f http://localhost:9464/health/ready"]
+  misprobed:
+    image: sluice:latest
+    command: ["worker"]
+    healthcheck:
+      test: ["CMD", "sluice", "helth"]
 "#;
     // The snippet above is not valid YAML (a list item inside a mapping): fix
     // that first, and check it is reported as a parse error.
@@ -455,6 +592,8 @@ services:
         "service `shell`: runs sluice without a command",
         "service `builder`: runs sluice without a command",
         "service `builder`: builds from `./no-such-context/Dockerfile`",
+        "service `probed`: health check runs `curl`, which the sluice image lacks",
+        "service `misprobed`: health check runs `sluice helth`, not a sluice subcommand",
     ];
     for e in expect {
         assert!(
