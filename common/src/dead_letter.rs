@@ -23,4 +23,3 @@ pub mod headers {
     /// When, Unix epoch ms.
     pub const TIME_MS: &str = "sluice.dead_lettered_ms";
 }
-

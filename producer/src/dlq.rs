@@ -28,7 +28,10 @@ impl DeadLetterRecord {
         let mut h = BTreeMap::new();
         if let Some(hs) = m.headers() {
             for header in hs.iter() {
-                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
                 h.insert(header.key.to_string(), value);
             }
         }
@@ -87,7 +90,11 @@ impl DeadLetterRecord {
 
 /// Every record on the dead-letter topic of `cfg`.
 pub async fn read_all(cfg: &Config) -> Result<Vec<DeadLetterRecord>, sluice_common::Error> {
-    let mut reader = TopicReader::open(cfg, &cfg.topics.dead_letter_topic(), Start::Beginning).await?;
+    let mut reader =
+        TopicReader::open(cfg, &cfg.topics.dead_letter_topic(), Start::Beginning).await?;
     let messages = reader.read_to_end(Duration::from_secs(5)).await;
-    Ok(messages.iter().map(DeadLetterRecord::from_message).collect())
+    Ok(messages
+        .iter()
+        .map(DeadLetterRecord::from_message)
+        .collect())
 }

@@ -41,7 +41,11 @@ pub struct TopicReader {
 
 impl TopicReader {
     /// Opens `topic` (created if missing), assigned to all its partitions.
-    pub async fn open(cfg: &Config, topic: &str, start: Start) -> Result<TopicReader, sluice_common::Error> {
+    pub async fn open(
+        cfg: &Config,
+        topic: &str,
+        start: Start,
+    ) -> Result<TopicReader, sluice_common::Error> {
         let counts = kafka::ensure_topics(cfg, &[topic]).await?;
         let consumer: StreamConsumer<QuietContext> = kafka::reader_config(cfg, "sluice-reader")
             .create_with_context(QuietContext)
@@ -55,7 +59,9 @@ impl TopicReader {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(sluice_common::Error::client)?;
         }
-        consumer.assign(&tpl).map_err(sluice_common::Error::client)?;
+        consumer
+            .assign(&tpl)
+            .map_err(sluice_common::Error::client)?;
         Ok(TopicReader {
             consumer,
             partitions: counts[0].1 as usize,

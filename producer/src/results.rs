@@ -38,8 +38,16 @@ impl ResultReader {
             Step::CaughtUp => Next::CaughtUp,
             Step::Record(msg) => match msg.payload().map(serde_json::from_slice::<TaskResult>) {
                 Some(Ok(r)) => Next::Result(Box::new(r)),
-                Some(Err(e)) => Next::Invalid(format!("partition {} offset {}: {e}", msg.partition(), msg.offset())),
-                None => Next::Invalid(format!("partition {} offset {}: empty record", msg.partition(), msg.offset())),
+                Some(Err(e)) => Next::Invalid(format!(
+                    "partition {} offset {}: {e}",
+                    msg.partition(),
+                    msg.offset()
+                )),
+                None => Next::Invalid(format!(
+                    "partition {} offset {}: empty record",
+                    msg.partition(),
+                    msg.offset()
+                )),
             },
         }
     }

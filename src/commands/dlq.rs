@@ -24,14 +24,30 @@ fn chosen(filter: &DlqFilter, all: Vec<DeadLetterRecord>) -> Vec<DeadLetterRecor
         .collect()
 }
 
-async fn list(filter: &DlqFilter, format: Option<ResultsFormat>, cfg: &Config) -> anyhow::Result<ExitCode> {
+async fn list(
+    filter: &DlqFilter,
+    format: Option<ResultsFormat>,
+    cfg: &Config,
+) -> anyhow::Result<ExitCode> {
     let records = chosen(filter, read_all(cfg).await?);
-    let format = format.unwrap_or(if std::io::stdout().is_terminal() { ResultsFormat::Table } else { ResultsFormat::Json });
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+        ResultsFormat::Table
+    } else {
+        ResultsFormat::Json
+    });
     if format == ResultsFormat::Table {
-        crate::output::line(&format!("{:<38} {:<10} {:>3} {:<28} ERROR", "TASK", "KIND", "TRY", "FROM"));
+        crate::output::line(&format!(
+            "{:<38} {:<10} {:>3} {:<28} ERROR",
+            "TASK", "KIND", "TRY", "FROM"
+        ));
     }
     for r in &records {
-        let from = format!("{}[{}]@{}", r.header(headers::TOPIC), r.header(headers::PARTITION), r.header(headers::OFFSET));
+        let from = format!(
+            "{}[{}]@{}",
+            r.header(headers::TOPIC),
+            r.header(headers::PARTITION),
+            r.header(headers::OFFSET)
+        );
         match format {
             ResultsFormat::Table => crate::output::line(&format!(
                 "{:<38} {:<10} {:>3} {:<28} {}",
@@ -44,12 +60,20 @@ async fn list(filter: &DlqFilter, format: Option<ResultsFormat>, cfg: &Config) -
             ResultsFormat::Json => {
                 let value = r.value.as_deref().map(String::from_utf8_lossy);
                 let key = r.key.as_deref().map(String::from_utf8_lossy);
-                let hs: BTreeMap<&str, &str> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let hs: BTreeMap<&str, &str> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 crate::output::line(&json!({"partition": r.partition, "offset": r.offset, "key": key, "value": value, "headers": hs}).to_string())
             }
         }
     }
-    eprintln!("{} dead-lettered record(s) on {}", records.len(), cfg.topics.dead_letter_topic());
+    eprintln!(
+        "{} dead-lettered record(s) on {}",
+        records.len(),
+        cfg.topics.dead_letter_topic()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -61,25 +85,51 @@ async fn replay(filter: &DlqFilter, dry_run: bool, cfg: &Config) -> anyhow::Resu
         let task = match r.replay_task() {
             Ok(t) => t,
             Err(why) => {
-                eprintln!("skipping {} (DLQ offset {}:{}): cannot replay: {why}", r.task_id(), r.partition, r.offset);
+                eprintln!(
+                    "skipping {} (DLQ offset {}:{}): cannot replay: {why}",
+                    r.task_id(),
+                    r.partition,
+                    r.offset
+                );
                 skipped += 1;
                 continue;
             }
         };
         let topic = r.replay_topic(cfg);
-        let key = r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned());
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
         let out = Outgoing::new(task, key);
         if dry_run {
-            crate::output::line(&format!("would replay {} ({}) to {topic}", out.id(), out.task.kind));
+            crate::output::line(&format!(
+                "would replay {} ({}) to {topic}",
+                out.id(),
+                out.task.kind
+            ));
             continue;
         }
         if !publishers.contains_key(&topic) {
             publishers.insert(topic.clone(), Publisher::connect(cfg, &topic).await?);
         }
         let d = publishers[&topic].publish(&out, None).await?;
-        crate::output::line(&format!("replayed {} ({}) to {topic}[{}]@{}", out.id(), out.task.kind, d.partition, d.offset));
+        crate::output::line(&format!(
+            "replayed {} ({}) to {topic}[{}]@{}",
+            out.id(),
+            out.task.kind,
+            d.partition,
+            d.offset
+        ));
         sent += 1;
     }
-    eprintln!("{} replayed, {skipped} skipped, of {} matching dead letters", if dry_run { 0 } else { sent }, records.len());
-    Ok(if skipped == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    eprintln!(
+        "{} replayed, {skipped} skipped, of {} matching dead letters",
+        if dry_run { 0 } else { sent },
+        records.len()
+    );
+    Ok(if skipped == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -34,6 +34,23 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
+    fn new(
+        publisher: &'a Publisher,
+        partition: Option<i32>,
+        print_ids: bool,
+        len: Option<u64>,
+    ) -> Self {
+        Batch {
+            publisher,
+            partition,
+            pending: FuturesUnordered::new(),
+            sent: vec![],
+            failed: vec![],
+            print_ids,
+            bar: bar(len),
+        }
+    }
+
     async fn push(&mut self, line: usize, out: Outgoing) {
         while self.pending.len() >= WINDOW {
             self.settle_one().await;
@@ -105,15 +122,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (sent, failed, from_lines) = match template {
         Some(task) => {
-            let mut batch = Batch {
-                publisher: &publisher,
-                partition: args.partition,
-                pending: FuturesUnordered::new(),
-                sent: vec![],
-                failed: vec![],
-                print_ids: args.ids || args.count <= PRINT_IDS_UP_TO,
-                bar: bar(Some(args.count)),
-            };
+            let print_ids = args.ids || args.count <= PRINT_IDS_UP_TO;
+            let mut batch = Batch::new(&publisher, args.partition, print_ids, Some(args.count));
             for i in 0..args.count {
                 let mut t = task.clone();
                 t.id = match (&args.id, args.count) {
@@ -139,15 +149,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
                 )
             };
-            let mut batch = Batch {
-                publisher: &publisher,
-                partition: args.partition,
-                pending: FuturesUnordered::new(),
-                sent: vec![],
-                failed: vec![],
-                print_ids: args.ids,
-                bar: bar(None),
-            };
+            let mut batch = Batch::new(&publisher, args.partition, args.ids, None);
             let mut lines = BufReader::new(reader).lines();
             let mut n = 0;
             while let Some(line) = lines.next_line().await? {

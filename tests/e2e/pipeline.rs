@@ -83,6 +83,13 @@ fn sigterm_drains_and_commits_so_the_next_worker_repeats_nothing() {
         "tasks run twice after a graceful stop: {dups:?}"
     );
     let first = results.iter().filter(|r| r["worker"] == "first").count();
+    println!(
+        "RELIABILITY|SIGTERM one worker mid-run, then start another|graceful drain and commit|{:?}|300|{}|{}|{}",
+        broker.kind,
+        results.len(),
+        300 - tasks.len(),
+        results.len() - tasks.len()
+    );
     assert!(
         (20..300).contains(&first),
         "first worker ran {first}: the stop did not land mid-run"

@@ -73,6 +73,14 @@ fn bad_records_and_failing_tasks_are_dead_lettered_with_reasons() {
 
     let results = env.results(records.len(), Duration::from_secs(90));
     let tasks = by_task(&results);
+    println!(
+        "RELIABILITY|poison: 8 bad records among 40 good ones|malformed, no kind, oversized, unknown kind, always failing, permanent, timeout, expired|{:?}|{}|{}|{}|{}",
+        broker.kind,
+        records.len(),
+        results.len(),
+        records.len() - tasks.len(),
+        results.len() - tasks.len()
+    );
     assert_eq!(tasks.len(), records.len());
     assert!(
         tasks.values().all(|v| v.len() == 1),

@@ -390,6 +390,10 @@ pub(crate) fn poll_loop(
                         .expect("epoch just read")
                         .start(msg.offset());
                     st.handed_out += 1;
+                    ctx.admission
+                        .counters
+                        .buffered_peak
+                        .fetch_max(st.handed_out, Ordering::Relaxed);
                     epoch
                 };
                 let inc = Incoming {

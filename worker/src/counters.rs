@@ -18,6 +18,9 @@ pub struct Counters {
     pub assigned_partitions: AtomicUsize,
     /// Rebalance callbacks seen (assignments plus revocations).
     pub rebalances: AtomicU64,
+    /// Most records ever handed out and not yet done at once: pausing keeps it
+    /// near `worker.max_buffered_tasks` however slow the tasks are.
+    pub buffered_peak: AtomicUsize,
 }
 
 impl Counters {

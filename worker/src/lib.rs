@@ -19,6 +19,11 @@
 //! When too many tasks are buffered the poll thread pauses its partitions but keeps
 //! polling, so slow tasks never push a worker out of its group.
 //!
+//! Each of these steps also reports to `sluice_common::Metrics` (tasks received and
+//! finished, attempts, retries, dead letters, rebalances, commits, librdkafka
+//! statistics) and keeps `sluice_common::Health` current; the worker serves both
+//! on its `/metrics` and `/health/*` endpoint.
+//!
 //! # Layout
 //! - [`handler`]: the [`Handler`] trait, [`HandlerError`], the [`Registry`].
 //! - [`builtin`](mod@builtin): built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).

@@ -30,7 +30,15 @@ async fn every_record_gets_exactly_one_result_even_when_it_is_not_a_task() {
     publish(&cfg, &special).await;
     // Records no Sluice producer would write: a foreign client's mistakes.
     let big = format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(3_000));
-    publish_raw(&cfg, &[b"not json at all".to_vec(), br#"{"payload":1}"#.to_vec(), big.into_bytes()]).await;
+    publish_raw(
+        &cfg,
+        &[
+            b"not json at all".to_vec(),
+            br#"{"payload":1}"#.to_vec(),
+            big.into_bytes(),
+        ],
+    )
+    .await;
 
     let (stop, h) = worker(&cfg, "w1", sluice_worker::builtin());
     let all = results(&cfg, 305, Duration::from_secs(60)).await;

@@ -39,7 +39,10 @@ async fn a_task_failing_twice_succeeds_on_attempt_three_after_its_backoff() {
         assert_eq!(r.attempts, 3);
         assert_eq!(r.output, Some(json!({"succeeded_on_attempt": 3})));
         let waited = r.finished_ms - t.task.created_ms.unwrap();
-        assert!(waited >= 900, "backoffs of 300 + 600 ms were not observed: {waited} ms");
+        assert!(
+            waited >= 900,
+            "backoffs of 300 + 600 ms were not observed: {waited} ms"
+        );
     }
     // Same key: the later task waited for the retried one.
     assert!(ids[behind.id()][0].started_ms >= ids[in_place.id()][0].finished_ms);
@@ -64,7 +67,13 @@ async fn attempts_stop_at_max_attempts_and_the_task_is_dead_lettered() {
     let ids = by_id(&all);
     let a = ids[by_worker.id()][0];
     assert_eq!((a.status, a.attempts), (Status::DeadLettered, 3));
-    assert!(a.error.as_ref().unwrap().starts_with("gave up after 3 attempts: fail: attempt 3"), "{a:?}");
+    assert!(
+        a.error
+            .as_ref()
+            .unwrap()
+            .starts_with("gave up after 3 attempts: fail: attempt 3"),
+        "{a:?}"
+    );
     let b = ids[by_task.id()][0];
     assert_eq!((b.status, b.attempts), (Status::DeadLettered, 2));
     let dlq = sluice_producer::dlq::read_all(&cfg).await.unwrap();
@@ -72,9 +81,16 @@ async fn attempts_stop_at_max_attempts_and_the_task_is_dead_lettered() {
     let rec = dlq.iter().find(|r| r.task_id() == by_worker.id()).unwrap();
     assert_eq!(rec.header("sluice.attempts"), "3");
     // The record came back from the retry topic; a replay goes to the task topic.
-    assert_eq!(rec.header("sluice.original.topic"), cfg.topics.retry_topic());
+    assert_eq!(
+        rec.header("sluice.original.topic"),
+        cfg.topics.retry_topic()
+    );
     assert_eq!(rec.replay_topic(&cfg), cfg.topics.tasks);
-    assert_eq!(rec.replay_task().unwrap().attempt, None, "replays start again at attempt 1");
+    assert_eq!(
+        rec.replay_task().unwrap().attempt,
+        None,
+        "replays start again at attempt 1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,15 +122,26 @@ async fn panics_and_timeouts_are_failed_attempts_and_good_tasks_flow_around_them
     let all = results(&cfg, 22, Duration::from_secs(60)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(8), "the 10 s sleep was not cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the 10 s sleep was not cut short"
+    );
     let ids = by_id(&all);
     let s = ids[slow.id()][0];
     assert_eq!(s.status, Status::DeadLettered);
-    assert_eq!(s.error.as_deref(), Some("gave up after 2 attempts: timed out after 200 ms"));
+    assert_eq!(
+        s.error.as_deref(),
+        Some("gave up after 2 attempts: timed out after 200 ms")
+    );
     let p = ids[panics.id()][0];
     assert_eq!(p.status, Status::DeadLettered);
-    assert_eq!(p.error.as_deref(), Some("gave up after 2 attempts: handler panicked: boom"));
-    assert!(good.iter().all(|t| ids[t.id()][0].status == Status::Succeeded));
+    assert_eq!(
+        p.error.as_deref(),
+        Some("gave up after 2 attempts: handler panicked: boom")
+    );
+    assert!(good
+        .iter()
+        .all(|t| ids[t.id()][0].status == Status::Succeeded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,9 +176,15 @@ async fn expired_tasks_do_not_run_and_delayed_tasks_wait_for_their_time() {
     let ids = by_id(&all);
     let e = ids[late.id()][0];
     assert_eq!(e.status, Status::Expired);
-    assert!(e.error.as_ref().unwrap().contains("deadline passed"), "{e:?}");
+    assert!(
+        e.error.as_ref().unwrap().contains("deadline passed"),
+        "{e:?}"
+    );
     assert!(ids[delayed.id()][0].started_ms >= not_before);
-    assert!(ids[now.id()][0].started_ms < not_before, "a delayed task held up the one behind it");
+    assert!(
+        ids[now.id()][0].started_ms < not_before,
+        "a delayed task held up the one behind it"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 2, "the expired task ran");
 }
 
@@ -159,19 +192,82 @@ async fn expired_tasks_do_not_run_and_delayed_tasks_wait_for_their_time() {
 async fn a_flood_of_poison_trips_the_safety_valve() {
     let (_b, mut cfg) = broker(1);
     cfg.worker.max_dead_letters_per_minute = 5;
-    let poison: Vec<Vec<u8>> = (0..50).map(|i| format!("garbage {i}").into_bytes()).collect();
+    let poison: Vec<Vec<u8>> = (0..50)
+        .map(|i| format!("garbage {i}").into_bytes())
+        .collect();
     publish_raw(&cfg, &poison).await;
     let mut c = cfg.clone();
     c.worker.id = Some("w1".into());
     c.worker.concurrency = 1;
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),
-        sluice_worker::run(c, sluice_worker::builtin(), tokio_util::sync::CancellationToken::new()),
+        sluice_worker::run(
+            c,
+            sluice_worker::builtin(),
+            tokio_util::sync::CancellationToken::new(),
+        ),
     )
     .await
     .expect("the valve stops the worker by itself");
-    let err = outcome.expect_err("a tripped valve is an error").to_string();
-    assert!(err.contains("safety valve") && err.contains("max_dead_letters_per_minute = 5"), "{err}");
+    let err = outcome
+        .expect_err("a tripped valve is an error")
+        .to_string();
+    assert!(
+        err.contains("safety valve") && err.contains("max_dead_letters_per_minute = 5"),
+        "{err}"
+    );
     let dlq = sluice_producer::dlq::read_all(&cfg).await.unwrap();
     assert_eq!(dlq.len(), 5, "parked up to the limit, then stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_far_longer_than_max_poll_interval_keep_the_worker_in_its_group() {
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.group_protocol = sluice_common::config::GroupProtocol::Classic;
+    cfg.worker.session_timeout_ms = 6_000;
+    // librdkafka leaves the group when the application stops polling for this long.
+    // (Raw options reach every client, and librdkafka wants the session timeout
+    // below it in each consumer, so both are set here.)
+    for (k, v) in [
+        ("max.poll.interval.ms", "7000"),
+        ("session.timeout.ms", "6000"),
+    ] {
+        cfg.kafka.librdkafka_options.insert(k.into(), v.into());
+    }
+    cfg.worker.concurrency = 10;
+    // The channel to the executor holds max_buffered_tasks + 16 records: 10 running
+    // and 26 queued leave the 37th task blocking the poll thread for a whole task
+    // (8 s, over max.poll.interval.ms) unless the partitions are paused instead.
+    cfg.worker.max_buffered_tasks = 10;
+    let tasks: Vec<Outgoing> = (0..40)
+        .map(|_| task("sleep", json!({"ms": 8_000}), None))
+        .collect();
+    let counters = Arc::new(sluice_worker::Counters::default());
+    let mut c = cfg.clone();
+    c.worker.id = Some("w1".into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (s, live) = (stop.clone(), counters.clone());
+    let _stop_on_panic = stop.clone().drop_guard();
+    let h = tokio::spawn(async move {
+        sluice_worker::run_with(c, sluice_worker::builtin(), s, live)
+            .await
+            .unwrap()
+    });
+    publish(&cfg, &tasks).await;
+    // Four rounds of ten 8 s tasks.
+    let all = results(&cfg, 40, Duration::from_secs(90)).await;
+    let rebalances = counters.rebalances.load(Ordering::Relaxed);
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(all.len(), 40, "a task was delivered again: {all:?}");
+    assert!(all.iter().all(|r| r.status == Status::Succeeded));
+    assert_eq!(
+        rebalances, 1,
+        "the worker left and rejoined its group (only the first assignment expected)"
+    );
+    let peak = counters.buffered_peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= 11,
+        "partitions were not paused: {peak} records held at once"
+    );
 }

@@ -33,20 +33,28 @@ pub fn broker(partitions: i32) -> (EmbeddedBroker, Config) {
     (b, cfg)
 }
 
-pub fn worker(
+type Running = (
+    CancellationToken,
+    tokio::task::JoinHandle<sluice_worker::Summary>,
+);
+
+/// A worker running in this process; cancel the token to stop it.
+pub fn worker(cfg: &Config, id: &str, registry: Registry) -> Running {
+    spawn(cfg, id, registry, Default::default())
+}
+
+fn spawn(
     cfg: &Config,
     id: &str,
     registry: Registry,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<sluice_worker::Summary>,
-) {
+    live: std::sync::Arc<sluice_worker::Counters>,
+) -> Running {
     let mut c = cfg.clone();
     c.worker.id = Some(id.to_string());
     let stop = CancellationToken::new();
     let s = stop.clone();
     let h = tokio::spawn(async move {
-        sluice_worker::run(c, registry, s)
+        sluice_worker::run_with(c, registry, s, live)
             .await
             .expect("worker runs")
     });
@@ -54,25 +62,15 @@ pub fn worker(
 }
 
 /// A worker that already holds its partitions, for tests where timing matters.
-pub async fn ready_worker(
-    cfg: &Config,
-    id: &str,
-    registry: Registry,
-) -> (CancellationToken, tokio::task::JoinHandle<sluice_worker::Summary>) {
-    let mut c = cfg.clone();
-    c.worker.id = Some(id.to_string());
-    let stop = CancellationToken::new();
+pub async fn ready_worker(cfg: &Config, id: &str, registry: Registry) -> Running {
     let counters = std::sync::Arc::new(sluice_worker::Counters::default());
-    let (s, live) = (stop.clone(), counters.clone());
-    let h = tokio::spawn(async move {
-        sluice_worker::run_with(c, registry, s, live).await.expect("worker runs")
-    });
+    let running = spawn(cfg, id, registry, counters.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     while counters.assigned() == 0 {
         assert!(Instant::now() < deadline, "worker got no partitions");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (stop, h)
+    running
 }
 
 pub async fn publish(cfg: &Config, tasks: &[Outgoing]) {
@@ -125,14 +123,18 @@ pub fn task(kind: &str, payload: Value, key: Option<&str>) -> Outgoing {
     Outgoing::new(Task::new(kind, payload), key.map(str::to_string))
 }
 
-
 /// Publishes raw record values (what a foreign client might write) to partition 0.
 pub async fn publish_raw(cfg: &Config, values: &[Vec<u8>]) {
     let raw: FutureProducer = kafka::producer_config(cfg, "raw").create().unwrap();
     for value in values {
-        raw.send(FutureRecord::<(), _>::to(&cfg.topics.tasks).payload(value).partition(0), Timeout::Never)
-            .await
-            .unwrap();
+        raw.send(
+            FutureRecord::<(), _>::to(&cfg.topics.tasks)
+                .payload(value)
+                .partition(0),
+            Timeout::Never,
+        )
+        .await
+        .unwrap();
     }
     raw.flush(Duration::from_secs(5)).unwrap();
 }
