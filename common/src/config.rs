@@ -7,6 +7,7 @@
 //! belong to command-line flags. The defaults live in the `Default` impls below and
 //! nowhere else; `config/sluice.toml` shows them all with comments.
 
+pub use crate::security::{Secret, SecurityConfig, SecurityProtocol};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +44,8 @@ pub struct KafkaConfig {
     /// as soon as records arrive; the embedded broker waits the full time, so lower
     /// it there for latency.
     pub fetch_wait_max_ms: u64,
+    /// TLS and SASL.
+    pub security: SecurityConfig,
     /// Raw librdkafka properties, applied after everything Sluice sets, so they win.
     /// Values are secret-safe: they are never logged.
     pub librdkafka_options: BTreeMap<String, String>,
@@ -54,6 +57,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             connect_timeout_ms: 10_000,
             fetch_wait_max_ms: 500,
+            security: SecurityConfig::default(),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -66,6 +70,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("brokers", &self.brokers)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field("security", &self.security)
             .field(
                 "librdkafka_options",
                 &self.librdkafka_options.keys().collect::<Vec<_>>(),
@@ -432,6 +437,9 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
+        if let Some((field, why)) = self.kafka.security.problem() {
+            return fail(field, &why);
+        }
         if self.kafka.brokers.trim().is_empty() {
             return fail("kafka.brokers", "must name at least one host:port");
         }

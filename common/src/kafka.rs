@@ -25,6 +25,9 @@ fn base(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Fail fast on addresses that do not resolve instead of retrying forever.
         .set("socket.connection.setup.timeout.ms", "10000");
+    for (key, value) in cfg.kafka.security.properties() {
+        c.set(key, value);
+    }
     c
 }
 

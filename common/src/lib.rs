@@ -9,6 +9,7 @@
 //! - [`task`]: wire format v1 — [`Task`], [`TaskResult`], [`Status`].
 //! - [`config`]: [`Config`] and its layered loading (defaults → TOML → env).
 //! - [`dead_letter`]: headers of dead-letter records.
+//! - [`security`]: TLS and SASL settings; secrets that never print.
 //! - [`kafka`]: builds producers and consumers; creates topics.
 //! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
 //! - [`metrics`]: [`Metrics`], the one owner of the Prometheus registry.
@@ -26,6 +27,7 @@ pub mod exporter;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
+pub mod security;
 pub mod shutdown;
 pub mod task;
 pub mod telemetry;

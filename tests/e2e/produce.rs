@@ -149,3 +149,56 @@ fn bad_configuration_is_rejected_naming_the_field() {
         stderr(&out)
     );
 }
+
+#[test]
+fn secrets_stay_out_of_logs_and_errors() {
+    let broker = Broker::embedded();
+    let env = Env::new(&broker, "secrets");
+    let secret = "s3cr3t-hunter2";
+    for args in [&["produce", "--kind", "noop"][..], &["worker"][..]] {
+        let mut child = env
+            .cmd(args)
+            .env("RUST_LOG", "debug")
+            .env("SLUICE_KAFKA__CONNECT_TIMEOUT_MS", "3000")
+            .env("SLUICE_KAFKA__SECURITY__PROTOCOL", "sasl_plaintext")
+            .env("SLUICE_KAFKA__SECURITY__SASL_MECHANISM", "SCRAM-SHA-512")
+            .env("SLUICE_KAFKA__SECURITY__SASL_USERNAME", "sluice")
+            .env("SLUICE_KAFKA__SECURITY__SASL_PASSWORD", secret)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Let it connect, fail to authenticate and log about it.
+        std::thread::sleep(Duration::from_secs(5));
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            text.len() > 200,
+            "{args:?} logged next to nothing; the test would prove nothing:\n{text}"
+        );
+        assert!(
+            !text.contains(secret),
+            "{args:?} printed the secret:\n{text}"
+        );
+    }
+    // A configuration error next to a secret names the field, not the secret.
+    let out = env
+        .cmd(&["worker"])
+        .env("SLUICE_KAFKA__SECURITY__PROTOCOL", "sasl_ssl")
+        .env("SLUICE_KAFKA__SECURITY__SASL_MECHANISM", "GSSAPI")
+        .env("SLUICE_KAFKA__SECURITY__SASL_USERNAME", "sluice")
+        .env("SLUICE_KAFKA__SECURITY__SASL_PASSWORD", secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("kafka.security.sasl_mechanism") && !err.contains(secret),
+        "{err}"
+    );
+}
