@@ -261,18 +261,20 @@ mod tests {
         let mut c = sasl();
         c.sasl_mechanism = Some("GSSAPI".into());
         assert_eq!(c.problem().unwrap().0, "kafka.security.sasl_mechanism");
-        let mut c = SecurityConfig::default();
-        c.sasl_username = Some("x".into());
+        let c = SecurityConfig {
+            sasl_username: Some("x".into()),
+            ..Default::default()
+        };
         assert!(c
             .problem()
             .unwrap()
             .1
             .contains("need `sasl_plaintext` or `sasl_ssl`"));
-        let mut c = SecurityConfig {
+        let c = SecurityConfig {
             protocol: SecurityProtocol::Ssl,
+            ssl_ca_location: Some("/no/such/ca.pem".into()),
             ..Default::default()
         };
-        c.ssl_ca_location = Some("/no/such/ca.pem".into());
         assert!(c.problem().unwrap().1.contains("does not exist"));
     }
 }
