@@ -54,15 +54,14 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
 }
 
 /// A worker's group consumer. At-least-once: offsets are stored by the worker only
-/// when a task's result is durable, and the worker's poll thread commits them
-/// itself every `worker.commit_interval_ms` (not librdkafka's auto-commit, so that
-/// it can time each commit and count failures).
+/// when a task's result is durable, and auto-commit commits only stored offsets.
 pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let w = &cfg.worker;
     let mut c = base(cfg, client_id);
     c.set("group.id", &w.group)
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", w.commit_interval_ms.to_string())
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string());

@@ -246,11 +246,11 @@ impl Metrics {
         );
         let commit_duration = b.histogram(
             "sluice_commit_duration_seconds",
-            "Duration of synchronous offset commits (periodic, on revoke, at shutdown).",
+            "Duration of synchronous offset commits: on partition revoke and at shutdown (periodic auto-commits run inside librdkafka, untimed).",
         );
         let commit_failures = b.counter(
             "sluice_commit_failures_total",
-            "Offset commits that failed; their tasks run again if the worker stops before the next commit succeeds.",
+            "Offset commits that failed, periodic (auto-commit) or synchronous; their tasks run again if no later commit succeeds.",
         );
         let stats = statistics::StatsGauges {
             partition_lag: b.gauge_vec(
@@ -412,6 +412,11 @@ impl Metrics {
         if !ok {
             self.commit_failures.inc();
         }
+    }
+
+    /// A periodic auto-commit failed.
+    pub fn commit_failed(&self) {
+        self.commit_failures.inc();
     }
 }
 

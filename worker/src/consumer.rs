@@ -7,13 +7,14 @@
 //! another, and when too many tasks are buffered the thread pauses its partitions
 //! and keeps polling instead of blocking.
 //!
-//! Offsets: a record's offset is stored only when the [`OffsetTracker`] says
-//! every earlier offset of its partition is done. The thread commits what is
-//! committable every `worker.commit_interval_ms`, and on revoke and at shutdown,
-//! after waiting for in-flight tasks up to a deadline; every commit is
-//! synchronous and timed for the metrics. A synchronous commit holds the poll
-//! loop for one broker round trip, which stays far below
-//! `max.poll.interval.ms`; librdkafka sends heartbeats from its own threads.
+//! Offsets: a record's offset is stored (for the next auto-commit) only when the
+//! [`OffsetTracker`] says every earlier offset of its partition is done; on revoke
+//! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
+//! synchronously. Those synchronous commits are timed for the metrics; the periodic
+//! auto-commits are not (librdkafka reports only their outcome, which is counted).
+//! Periodic commits stay librdkafka's: a synchronous commit blocks until the group
+//! coordinator answers, seconds while it is being re-elected, and a poll thread
+//! blocked that often cannot serve the rebalance that brings it back.
 //!
 //! The thread also keeps the worker's [`Health`] current (last poll, partitions
 //! held) and feeds librdkafka's statistics reports into [`Metrics`].
@@ -22,6 +23,7 @@ use crate::admission::Admission;
 use crate::tracker::{OffsetTracker, Tp};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::metrics::Rebalance as RebalanceEvent;
@@ -61,8 +63,6 @@ struct PollState {
     handed_out: usize,
     next_epoch: u64,
     assignment_changed: bool,
-    /// Offsets were stored since the last successful periodic commit.
-    uncommitted: bool,
 }
 
 /// The consumer context: rebalance callbacks with access to the tracker.
@@ -74,10 +74,9 @@ pub(crate) struct WorkerContext {
     health: Arc<Health>,
 }
 
-/// Why a commit happens, for its log line when it fails.
+/// Why a synchronous commit happens, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CommitReason {
-    Periodic,
     Revoke,
     Shutdown,
 }
@@ -97,7 +96,6 @@ impl WorkerContext {
                 handed_out: 0,
                 next_epoch: 1,
                 assignment_changed: false,
-                uncommitted: false,
             }),
             admission,
             drain_timeout,
@@ -146,9 +144,6 @@ impl WorkerContext {
                 let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
             }
         }
-        if tpl.count() > 0 {
-            st.uncommitted = true;
-        }
         drop(st);
         if tpl.count() > 0 {
             if let Err(e) = consumer.store_offsets(&tpl) {
@@ -179,14 +174,8 @@ impl WorkerContext {
         }
     }
 
-    /// Synchronously commits the committable position of `tps`; false when the
-    /// commit failed.
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<WorkerContext>,
-        tps: &[Tp],
-        reason: CommitReason,
-    ) -> bool {
+    /// Synchronously commits the committable position of `tps`.
+    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp], reason: CommitReason) {
         let mut tpl = TopicPartitionList::new();
         {
             let st = self.state();
@@ -197,41 +186,21 @@ impl WorkerContext {
             }
         }
         if tpl.count() == 0 {
-            return true;
+            return;
         }
         let started = Instant::now();
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.metrics.committed(started.elapsed(), result.is_ok());
         match result {
-            Ok(()) => {
-                tracing::debug!(
-                    partitions = tpl.count(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    ?reason,
-                    "committed"
-                );
-                true
-            }
-            // A commit during a rebalance is refused; the next one carries the
-            // same offsets, so only a commit that is the last chance is news.
-            Err(e) if reason == CommitReason::Periodic => {
-                tracing::debug!(error = %e, "periodic commit failed; retried at the next interval");
-                false
-            }
+            Ok(()) => tracing::debug!(
+                partitions = tpl.count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ?reason,
+                "committed"
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, ?reason, "commit failed; uncommitted tasks will run again elsewhere");
-                false
+                tracing::warn!(error = %e, ?reason, "commit failed; uncommitted tasks will run again elsewhere")
             }
-        }
-    }
-
-    /// Commits what became committable since the last periodic commit.
-    fn commit_due(&self, consumer: &BaseConsumer<WorkerContext>) {
-        if !std::mem::take(&mut self.state().uncommitted) {
-            return;
-        }
-        if !self.commit(consumer, &self.assigned(), CommitReason::Periodic) {
-            self.state().uncommitted = true;
         }
     }
 
@@ -260,6 +229,19 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    // Outcomes of librdkafka's periodic auto-commits (synchronous commits are
+    // counted where they are made). "No offset" means there was nothing new to
+    // commit, not a failure.
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics.commit_failed();
+                tracing::debug!(error = %e, "auto-commit failed; the next one carries the same offsets");
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -331,7 +313,6 @@ fn render(tps: &[Tp]) -> String {
 pub(crate) struct PollLimits {
     pub max_buffered: usize,
     pub shutdown_timeout: Duration,
-    pub commit_interval: Duration,
 }
 
 /// What the poll thread saw, reported when it ends.
@@ -351,13 +332,8 @@ pub(crate) fn poll_loop(
     let ctx = consumer.context().clone();
     let mut paused = false;
     let mut last_error: Option<(String, Instant)> = None;
-    let mut last_commit = Instant::now();
     while !stop.is_cancelled() {
         ctx.absorb(&consumer, Duration::ZERO);
-        if last_commit.elapsed() >= limits.commit_interval {
-            last_commit = Instant::now();
-            ctx.commit_due(&consumer);
-        }
         let (in_flight, changed) = {
             let mut st = ctx.state();
             (st.handed_out, std::mem::take(&mut st.assignment_changed))

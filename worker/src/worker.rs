@@ -171,7 +171,6 @@ pub async fn run_with(
     let limits = PollLimits {
         max_buffered: w.max_buffered_tasks,
         shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
-        commit_interval: Duration::from_millis(w.commit_interval_ms),
     };
     let stop = shutdown.clone();
     let poller = tokio::task::spawn_blocking(move || poll_loop(consumer, tx, stop, limits));
