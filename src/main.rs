@@ -26,7 +26,11 @@ fn main() -> ExitCode {
     }
     telemetry::init(&cfg.log);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(commands::run(cli.command, cfg)) {
+    let outcome = runtime.block_on(commands::run(cli.command, cfg));
+    // A Kafka client stuck closing on a vanished broker must not keep the
+    // process alive: the work is done or handed back by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

@@ -188,3 +188,44 @@ fn dev_runs_the_demo_and_every_task_has_exactly_one_result() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_worker_stops_in_bounded_time_even_when_its_broker_is_gone() {
+    let broker = Broker::embedded();
+    let env = Env::new(&broker, "orphan");
+    let worker = env
+        .cmd(&["worker"])
+        .env("SLUICE_WORKER__SHUTDOWN_TIMEOUT_MS", "2000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|child| crate::harness::Proc {
+            child,
+            name: "worker".into(),
+        })
+        .unwrap();
+    let out = env.run(&[
+        "produce",
+        "--kind",
+        "sleep",
+        "--payload",
+        r#"{"ms":5}"#,
+        "--count",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = env.results(50, Duration::from_secs(60));
+    assert_eq!(by_task(&got).len(), 50);
+    drop(broker);
+    let started = std::time::Instant::now();
+    let status = worker.terminate(Duration::from_secs(45));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "worker without a broker stopped in {:?} with {status}",
+        started.elapsed()
+    );
+}

@@ -29,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::metrics::Rebalance as RebalanceEvent;
 use sluice_common::{Health, Metrics};
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -72,13 +72,13 @@ pub(crate) struct WorkerContext {
     drain_timeout: Duration,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-}
-
-/// Why a synchronous commit happens, for its log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommitReason {
-    Revoke,
-    Shutdown,
+    /// Commit callbacks seen, and whether the last one succeeded: how the bounded
+    /// final commit learns that its asynchronous commit finished.
+    commits_seen: AtomicU64,
+    last_commit_ok: AtomicBool,
+    /// Set before the final unsubscribe: the revoke it causes must not commit
+    /// synchronously again (with the broker gone, that would wait forever).
+    leaving: AtomicBool,
 }
 
 impl WorkerContext {
@@ -101,7 +101,54 @@ impl WorkerContext {
             drain_timeout,
             metrics,
             health,
+            commits_seen: AtomicU64::new(0),
+            last_commit_ok: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
         }
+    }
+
+    /// The shutdown commit: asynchronous, then polled for up to `limit`, because a
+    /// synchronous commit has no timeout and never returns when the coordinator
+    /// is gone. Returns whether Kafka confirmed it.
+    fn commit_bounded(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+        tps: &[Tp],
+        limit: Duration,
+    ) -> bool {
+        let tpl = self.committable(tps);
+        if tpl.count() == 0 {
+            return true;
+        }
+        let started = Instant::now();
+        let seen = self.commits_seen.load(Ordering::SeqCst);
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "final commit failed; uncommitted tasks will run again elsewhere");
+            return false;
+        }
+        while self.commits_seen.load(Ordering::SeqCst) == seen {
+            if started.elapsed() >= limit {
+                tracing::warn!(waited_ms = limit.as_millis() as u64, "final commit unconfirmed (is the broker down?); uncommitted tasks will run again elsewhere");
+                self.metrics.committed(started.elapsed(), false);
+                return false;
+            }
+            // Partitions are paused: this serves callbacks, it hands out nothing.
+            let _ = consumer.poll(Duration::from_millis(20));
+        }
+        let ok = self.last_commit_ok.load(Ordering::SeqCst);
+        self.metrics.committed(started.elapsed(), ok);
+        ok
+    }
+
+    fn committable(&self, tps: &[Tp]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let st = self.state();
+        for tp in tps {
+            if let Some(off) = st.tracker.get(tp).and_then(|p| p.committable()) {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
+            }
+        }
+        tpl
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, PollState> {
@@ -175,16 +222,8 @@ impl WorkerContext {
     }
 
     /// Synchronously commits the committable position of `tps`.
-    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp], reason: CommitReason) {
-        let mut tpl = TopicPartitionList::new();
-        {
-            let st = self.state();
-            for tp in tps {
-                if let Some(off) = st.tracker.get(tp).and_then(|p| p.committable()) {
-                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
-                }
-            }
-        }
+    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, tps: &[Tp]) {
+        let tpl = self.committable(tps);
         if tpl.count() == 0 {
             return;
         }
@@ -195,11 +234,10 @@ impl WorkerContext {
             Ok(()) => tracing::debug!(
                 partitions = tpl.count(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                ?reason,
                 "committed"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, ?reason, "commit failed; uncommitted tasks will run again elsewhere")
+                tracing::warn!(error = %e, "commit on revoke failed; uncommitted tasks will run again elsewhere")
             }
         }
     }
@@ -233,6 +271,12 @@ impl ConsumerContext for WorkerContext {
     // counted where they are made). "No offset" means there was nothing new to
     // commit, not a failure.
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        let ok = matches!(
+            result,
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+        );
+        self.last_commit_ok.store(ok, Ordering::SeqCst);
+        self.commits_seen.fetch_add(1, Ordering::SeqCst);
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
@@ -259,8 +303,8 @@ impl ConsumerContext for WorkerContext {
                 if left > 0 {
                     tracing::warn!(unfinished = left, "revoked partitions still had running tasks after the drain timeout; their new owner runs them again");
                 }
-                if !consumer.assignment_lost() {
-                    self.commit(consumer, &tps, CommitReason::Revoke);
+                if !consumer.assignment_lost() && !self.leaving.load(Ordering::SeqCst) {
+                    self.commit(consumer, &tps);
                 }
                 self.admission.remove(&tps);
                 self.rebalanced(RebalanceEvent::Revoked);
@@ -308,6 +352,9 @@ fn render(tps: &[Tp]) -> String {
     v.sort();
     v.join(",")
 }
+
+/// How long the final commit may wait for the coordinator.
+const FINAL_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Limits for the poll thread.
 pub(crate) struct PollLimits {
@@ -414,7 +461,8 @@ pub(crate) fn poll_loop(
         ctx.absorb(&consumer, Duration::from_millis(10));
     }
     let unfinished = ctx.state().tracker.in_flight();
-    ctx.commit(&consumer, &assigned, CommitReason::Shutdown);
+    ctx.commit_bounded(&consumer, &assigned, FINAL_COMMIT_LIMIT);
+    ctx.leaving.store(true, Ordering::SeqCst);
     if unfinished > 0 {
         tracing::warn!(
             unfinished,

@@ -20,6 +20,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long past the shutdown deadline leaving the group may take.
+const LEAVE_GRACE: Duration = Duration::from_secs(15);
+
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -190,7 +193,18 @@ pub async fn run_with(
     while let Some(inc) = rx.recv().await {
         lanes.submit(inc);
     }
-    let report = poller.await.unwrap_or_default();
+    // The poll thread drains within shutdown_timeout_ms and bounds its final
+    // commit; closing the consumer can still wait on a vanished broker, so this
+    // does not wait for ever either.
+    let report = match tokio::time::timeout(deadline + LEAVE_GRACE, poller).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            tracing::error!(
+                "the consumer did not close in time (broker unreachable?); stopping without it"
+            );
+            Default::default()
+        }
+    };
     give_up.cancel();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
