@@ -5,7 +5,7 @@
 use crate::consumer::Incoming;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sluice_common::dead_letter::headers;
 use sluice_common::kafka::ProducerStats;
@@ -166,6 +166,11 @@ impl Outbox {
                 }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, topic, "write not acknowledged; retrying");
+                    // An idempotent producer that lost track of its sequence numbers
+                    // fails every write from then on; say so instead of only retrying.
+                    if let Some((code, reason)) = self.producer.client().fatal_error() {
+                        tracing::error!(%code, reason, topic, "the worker's producer hit a fatal error; its writes cannot succeed until the worker restarts");
+                    }
                     tokio::select! {
                         _ = give_up.cancelled() => return Sent::GaveUp,
                         _ = tokio::time::sleep(backoff) => {}
