@@ -188,10 +188,9 @@ async fn without_key_ordering_the_same_key_overlaps() {
 async fn two_workers_share_the_partitions() {
     let (_b, mut cfg) = broker(4);
     cfg.worker.concurrency = 4;
-    let (s1, h1) = worker(&cfg, "w1", sluice_worker::builtin());
-    let (s2, h2) = worker(&cfg, "w2", sluice_worker::builtin());
-    // Let both join before the work arrives, so neither takes it all.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Both must hold partitions before the work arrives, so neither takes it all.
+    let (s1, h1) = ready_worker(&cfg, "w1", sluice_worker::builtin()).await;
+    let (s2, h2) = ready_worker(&cfg, "w2", sluice_worker::builtin()).await;
     let tasks: Vec<Outgoing> = (0..400)
         .map(|_| task("sleep", json!({"ms": 5}), None))
         .collect();
