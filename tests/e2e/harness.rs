@@ -298,6 +298,18 @@ impl<'a> Env<'a> {
         self.cmd(args).output().expect("run sluice")
     }
 
+    /// Starts a long-running command with extra environment, output discarded.
+    pub fn spawn_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Proc {
+        let mut c = self.cmd(args);
+        c.envs(vars.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Proc {
+            child: c.spawn().expect("spawn sluice"),
+            name: format!("sluice {}", args.join(" ")),
+        }
+    }
+
     /// Starts a long-running command (a worker).
     pub fn spawn(&self, args: &[&str]) -> Proc {
         let child = self

@@ -34,18 +34,13 @@ fn send_raw(broker: &Broker, topic: &str, values: &[(Option<&str>, Vec<u8>)]) {
 fn bad_records_and_failing_tasks_are_dead_lettered_with_reasons() {
     let broker = Broker::start();
     let env = Env::new(&broker, "poison");
-    let _w = env
-        .cmd(&["worker"])
-        .env("SLUICE_WORKER__MAX_TASK_BYTES", "4000")
-        .env("SLUICE_WORKER__RETRY__BACKOFF_INITIAL_MS", "50")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(|child| crate::harness::Proc {
-            child,
-            name: "worker".into(),
-        })
-        .unwrap();
+    let _w = env.spawn_with(
+        &["worker"],
+        &[
+            ("SLUICE_WORKER__MAX_TASK_BYTES", "4000"),
+            ("SLUICE_WORKER__RETRY__BACKOFF_INITIAL_MS", "50"),
+        ],
+    );
     // The worker creates the topics; wait for them before writing raw records.
     assert!(env
         .run(&["results", "--timeout-ms", "20000"])

@@ -391,6 +391,11 @@ pub(crate) fn poll_loop(
         } else if paused && in_flight <= limits.max_buffered / 2 {
             set_paused(&consumer, false);
             paused = false;
+        } else if changed && !paused {
+            // librdkafka keeps a partition's pause flag across revoke and re-assign:
+            // a partition paused, taken away and given back would stay paused for
+            // good (seen: partitions stalled for minutes after a rebalance storm).
+            set_paused(&consumer, false);
         }
         let held = ctx.admission.counters.assigned();
         ctx.metrics
