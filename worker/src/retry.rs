@@ -50,7 +50,7 @@ impl RetryPolicy {
     pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
         let exp = self
             .multiplier
-            .powi(attempt.saturating_sub(1).min(64) as i32);
+            .powi(attempt.saturating_sub(1).min(i32::MAX as u32) as i32);
         let base = (self.initial_ms * exp).min(self.max_ms);
         let spread = base * self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
         Duration::from_millis((base + spread).clamp(0.0, self.max_ms).round() as u64)
