@@ -195,11 +195,12 @@ fn alive(w: &mut crate::harness::Proc) -> bool {
 
 /// Always the embedded broker: its fault injection is librdkafka's mock cluster's.
 ///
-/// Intermittent: about one run in seven (seen here under a loaded machine) left 2 of
-/// 2000 tasks without a result while both workers stayed up — nothing lost (their
-/// offsets stay uncommitted), but not finished either. Not yet explained; the
-/// prime suspect is the idempotent result producer after injected transport
-/// errors (the outbox now logs a producer fatal error if that is it). Run it with
+/// Intermittent before the pause-flag fix in `worker/src/consumer.rs`: about one
+/// run in seven (on a loaded machine) left 2 of 2000 tasks without a result while
+/// both workers stayed up — nothing lost (their offsets stay uncommitted), but not
+/// finished either. librdkafka keeps a partition's pause flag across revoke and
+/// re-assign, which is the likely cause; re-assigned partitions are now resumed.
+/// Ignored until repeated runs show it stable (docs/RELIABILITY.md). Run it with
 /// `cargo test --test e2e broker_faults -- --ignored`.
 #[test]
 #[ignore = "intermittent: 2 of 2000 tasks sometimes never finish under injected faults; see the doc comment"]
