@@ -6,7 +6,7 @@
 //! which `.ci/run` installs). Run alone with
 //! `cargo test --features external-tools --test e2e prometheus`.
 
-use crate::harness::{Broker, Env, Proc};
+use crate::harness::{free_port, Broker, Env, Proc};
 use crate::metrics::{get, spawn_serving, wait_ready};
 use serde_json::Value;
 use std::io::Write;
@@ -220,14 +220,6 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_prometheus(dir: &Path, worker: SocketAddr) -> (Proc, SocketAddr) {

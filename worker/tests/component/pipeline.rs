@@ -112,6 +112,18 @@ struct OrderLog {
     max_parallel: usize,
 }
 
+/// Runs `tasks` of kind `step` on one worker and returns what the log saw.
+async fn run_logged(cfg: &sluice_common::Config, tasks: &[Outgoing]) -> OrderLog {
+    publish(cfg, tasks).await;
+    let log = Arc::new(Mutex::new(OrderLog::default()));
+    let (stop, h) = worker(cfg, "w1", ordered_registry(log.clone()));
+    results(cfg, tasks.len(), Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let seen = std::mem::take(&mut *log.lock().unwrap());
+    seen
+}
+
 fn ordered_registry(log: Arc<Mutex<OrderLog>>) -> Registry {
     let mut r = Registry::new();
     r.register(
@@ -152,13 +164,7 @@ async fn same_key_tasks_run_in_order_while_other_keys_run_in_parallel() {
             (0..6).map(move |k| task("step", json!({"seq": seq}), Some(&format!("key-{k}"))))
         })
         .collect();
-    publish(&cfg, &tasks).await;
-    let log = Arc::new(Mutex::new(OrderLog::default()));
-    let (stop, h) = worker(&cfg, "w1", ordered_registry(log.clone()));
-    results(&cfg, tasks.len(), Duration::from_secs(60)).await;
-    stop.cancel();
-    h.await.unwrap();
-    let l = log.lock().unwrap();
+    let l = run_logged(&cfg, &tasks).await;
     assert_eq!(l.overlaps, 0, "two tasks of one key ran at once");
     for (key, seqs) in &l.started {
         assert_eq!(*seqs, (0..30).collect::<Vec<u64>>(), "order of {key}");
@@ -175,13 +181,7 @@ async fn without_key_ordering_the_same_key_overlaps() {
     let tasks: Vec<Outgoing> = (0..40u64)
         .map(|seq| task("step", json!({"seq": seq}), Some("one-key")))
         .collect();
-    publish(&cfg, &tasks).await;
-    let log = Arc::new(Mutex::new(OrderLog::default()));
-    let (stop, h) = worker(&cfg, "w1", ordered_registry(log.clone()));
-    results(&cfg, tasks.len(), Duration::from_secs(60)).await;
-    stop.cancel();
-    h.await.unwrap();
-    assert!(log.lock().unwrap().overlaps > 0);
+    assert!(run_logged(&cfg, &tasks).await.overlaps > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
