@@ -271,3 +271,93 @@ async fn tasks_far_longer_than_max_poll_interval_keep_the_worker_in_its_group() 
         "partitions were not paused: {peak} records held at once"
     );
 }
+
+/// librdkafka keeps a partition's pause flag across revoke and re-assign
+/// (only its own internal pauses are reset on assign). A worker that is paused
+/// (buffer full) when a partition is taken away, and idle when it gets the
+/// partition back, must fetch from it again; before the worker resumed
+/// re-assigned partitions, such a partition stayed silent for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_taken_while_paused_and_given_back_is_fetched_again() {
+    let (_b, mut cfg) = broker(8);
+    cfg.worker.concurrency = 1;
+    // Paused at 4 held, resumed at 2: four 2 s tasks run one at a time keep
+    // worker a paused for the first 4 s.
+    cfg.worker.max_buffered_tasks = 4;
+    let slow: Vec<Outgoing> = (0..4)
+        .map(|i| task("sleep", json!({"ms": 2_000}), Some(&format!("slow{i}"))))
+        .collect();
+    let a_counters = Arc::new(sluice_worker::Counters::default());
+    let mut c = cfg.clone();
+    c.worker.id = Some("a".into());
+    let stop_a = tokio_util::sync::CancellationToken::new();
+    let _stop_on_panic = stop_a.clone().drop_guard();
+    let (s, live) = (stop_a.clone(), a_counters.clone());
+    let a = tokio::spawn(async move {
+        sluice_worker::run_with(c, sluice_worker::builtin(), s, live)
+            .await
+            .unwrap()
+    });
+    // Eight task partitions plus the retry topic's.
+    wait_for(|| a_counters.assigned() > 8, "a holds every partition").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all_partitions = a_counters.assigned();
+    publish(&cfg, &slow).await;
+    wait_for(
+        || a_counters.buffered_peak.load(Ordering::Relaxed) == 4,
+        "a holds the four slow tasks",
+    )
+    .await;
+    // b takes half of the partitions while a is paused; both finish the batch.
+    let (stop_b, b) = ready_worker(&cfg, "b", sluice_worker::builtin()).await;
+    results(&cfg, slow.len(), Duration::from_secs(30)).await;
+    // b leaves: its partitions go back to a, which is idle now (nothing toggles
+    // its pause state again), so only resuming on assignment makes them flow.
+    stop_b.cancel();
+    let b = b.await.unwrap();
+    assert!(
+        b.counters.total_finished() > 0,
+        "worker b ran nothing, so no partition moved: {b:?}"
+    );
+    wait_for(
+        || a_counters.assigned() == all_partitions,
+        "a holds every partition again",
+    )
+    .await;
+    // One task per partition, each awaited before the next, so a never holds
+    // enough to pause and resume again: a partition left paused gets no result.
+    let publisher = sluice_producer::Publisher::connect(&cfg, &cfg.topics.tasks)
+        .await
+        .unwrap();
+    let mut reader = sluice_producer::ResultReader::open(&cfg, sluice_producer::Start::End)
+        .await
+        .unwrap();
+    for partition in 0..8 {
+        let t = task("noop", Value::Null, None);
+        let id = t.id().to_string();
+        publisher.publish(&t, Some(partition)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no result for the task on partition {partition}: it stayed paused"
+            );
+            if let sluice_producer::Next::Result(r) = reader.next(Duration::from_millis(100)).await
+            {
+                if r.task_id == id {
+                    break;
+                }
+            }
+        }
+    }
+    stop_a.cancel();
+    a.await.unwrap();
+}
+
+async fn wait_for(cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
