@@ -184,6 +184,10 @@ pub struct ProduceArgs {
     /// Print every task id, also for large batches.
     #[arg(long)]
     pub ids: bool,
+    /// Serve /metrics (tasks published, failures, time to acknowledge) on
+    /// metrics.listen while publishing, for long streams from stdin.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// Output format of `sluice results`.

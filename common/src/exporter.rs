@@ -60,6 +60,25 @@ pub async fn bind(cfg: &MetricsConfig) -> Result<TcpListener, Error> {
     unreachable!("the loop returns on its last port")
 }
 
+/// [`bind`], then [`serve`] in the background until `shutdown`; returns the URL
+/// of the metrics page, which the caller logs (every process says where its
+/// metrics are).
+pub async fn start(
+    cfg: &MetricsConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<String, Error> {
+    let listener = bind(cfg).await?;
+    let addr = listener.local_addr().map_err(|e| Error::Listen {
+        addr: cfg.listen.clone(),
+        cause: e.to_string(),
+    })?;
+    let url = metrics_url(addr);
+    tokio::spawn(serve(listener, metrics, health, shutdown));
+    Ok(url)
+}
+
 /// The URL of the metrics page served on `addr`.
 pub fn metrics_url(addr: SocketAddr) -> String {
     format!("http://{}/metrics", reachable(addr))

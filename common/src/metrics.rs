@@ -1,4 +1,5 @@
-//! Metrics: one [`Metrics`] value owns the Prometheus registry of a worker, and
+//! Metrics: one [`Metrics`] value owns the Prometheus registry of a process (a
+//! worker, or a producer: see `publish`), and
 //! every metric changes through a method named by the event that changes it.
 //!
 //! Names follow `sluice_<thing>_<unit>`: counters end in `_total`, durations are
@@ -22,9 +23,11 @@
 //! kind and kept in a small cache, so counting is an atomic add.
 
 mod kinds;
+mod publish;
 mod statistics;
 
 pub use kinds::{KindMetrics, MAX_KINDS, OTHER_KIND, UNREADABLE_KIND};
+pub use publish::PublishFailure;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -81,6 +84,7 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     commit_duration: Histogram,
     commit_failures: IntCounter,
+    publish: publish::PublishMetrics,
     stats: statistics::StatsGauges,
     /// Label sets set by the last statistics report, to drop the ones that vanish.
     stats_seen: Mutex<statistics::Seen>,
@@ -252,6 +256,7 @@ impl Metrics {
             "sluice_commit_failures_total",
             "Offset commits that failed, periodic (auto-commit) or synchronous; their tasks run again if no later commit succeeds.",
         );
+        let publish = publish::PublishMetrics::register(&mut b);
         let stats = statistics::StatsGauges {
             partition_lag: b.gauge_vec(
                 "sluice_partition_lag_records",
@@ -298,6 +303,7 @@ impl Metrics {
             rebalances,
             commit_duration,
             commit_failures,
+            publish,
             stats,
             stats_seen: Mutex::default(),
         }

@@ -4,9 +4,11 @@ use crate::input::{check_size, InputError, Outgoing};
 use crate::partitioner::Partitioner;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_common::{kafka, Config};
+use sluice_common::metrics::PublishFailure;
+use sluice_common::{kafka, Config, Metrics};
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a task was not published.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,18 @@ pub enum PublishError {
     Setup(#[from] sluice_common::Error),
 }
 
+impl PublishError {
+    /// How metrics count this failure.
+    fn failure(&self) -> PublishFailure {
+        match self {
+            PublishError::Input(_) | PublishError::NoSuchPartition { .. } => {
+                PublishFailure::Rejected
+            }
+            PublishError::Delivery(_) | PublishError::Setup(_) => PublishFailure::Delivery,
+        }
+    }
+}
+
 /// Where a task landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -47,6 +61,7 @@ pub struct Publisher {
     topic: String,
     partitioner: Partitioner,
     max_task_bytes: usize,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Publisher {
@@ -69,7 +84,14 @@ impl Publisher {
             topic: topic.to_string(),
             partitioner: Partitioner::new(counts[0].1),
             max_task_bytes: cfg.producer.max_task_bytes,
+            metrics: None,
         })
+    }
+
+    /// Counts every publish in `metrics` (published, failed, time to acknowledge).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The topic's partition count.
@@ -80,6 +102,30 @@ impl Publisher {
     /// Enqueues one task and returns a future that resolves with its delivery
     /// report. Enqueueing waits (briefly) while librdkafka's queue is full.
     pub async fn send(
+        &self,
+        out: &Outgoing,
+        partition: Option<i32>,
+    ) -> Result<impl Future<Output = Result<Delivered, PublishError>>, PublishError> {
+        let enqueued = self.enqueue(out, partition).await;
+        let metrics = self.metrics.clone();
+        if let (Err(e), Some(m)) = (&enqueued, &metrics) {
+            m.publish_failed(e.failure());
+        }
+        let delivery = enqueued?;
+        let started = Instant::now();
+        Ok(async move {
+            let delivered = delivery.await;
+            if let Some(m) = metrics {
+                match &delivered {
+                    Ok(_) => m.task_published(started.elapsed()),
+                    Err(_) => m.publish_failed(PublishFailure::Delivery),
+                }
+            }
+            delivered
+        })
+    }
+
+    async fn enqueue(
         &self,
         out: &Outgoing,
         partition: Option<i32>,

@@ -7,14 +7,16 @@
 use crate::cli::ProduceArgs;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_common::{Config, Task};
+use sluice_common::{exporter, Config, Health, Metrics, Task};
 use sluice_producer::input::{parse_line, ranges};
 use sluice_producer::{Outgoing, PublishError, Publisher};
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 /// Above this many tasks, ids are not printed unless asked for.
 const PRINT_IDS_UP_TO: u64 = 100;
@@ -70,17 +72,21 @@ impl<'a> Batch<'a> {
     }
 
     async fn settle_one(&mut self) {
-        if let Some((line, id, r)) = self.pending.next().await {
-            match r {
-                Ok(()) => {
-                    self.sent.push(line);
-                    self.bar.inc(1);
-                    if self.print_ids {
-                        self.bar.suspend(|| crate::output::line(&id));
-                    }
+        if let Some(done) = self.pending.next().await {
+            self.settled(done);
+        }
+    }
+
+    fn settled(&mut self, (line, id, r): (usize, String, Result<(), PublishError>)) {
+        match r {
+            Ok(()) => {
+                self.sent.push(line);
+                self.bar.inc(1);
+                if self.print_ids {
+                    self.bar.suspend(|| crate::output::line(&id));
                 }
-                Err(e) => self.fail(line, e.to_string()),
             }
+            Err(e) => self.fail(line, e.to_string()),
         }
     }
 
@@ -118,7 +124,28 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
+    let mut publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
+    let endpoint_stop = CancellationToken::new();
+    let _endpoint_guard = endpoint_stop.clone().drop_guard();
+    if args.metrics {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        // Ready while the process runs connected: a producer has no partitions
+        // to hold or poll thread to watch.
+        health.partitions_assigned(publisher.partitions() as usize);
+        let h = health.clone();
+        let stop = endpoint_stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+                h.polled();
+            }
+        });
+        let url =
+            exporter::start(&cfg.metrics, metrics.clone(), health, endpoint_stop.clone()).await?;
+        eprintln!("metrics served at {url}");
+        publisher = publisher.with_metrics(metrics);
+    }
     let started = Instant::now();
     let (sent, failed, from_lines) = match template {
         Some(task) => {
@@ -152,7 +179,17 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             let mut batch = Batch::new(&publisher, args.partition, args.ids, None);
             let mut lines = BufReader::new(reader).lines();
             let mut n = 0;
-            while let Some(line) = lines.next_line().await? {
+            loop {
+                // Deliveries are settled while waiting for input too, so a slow
+                // stream shows its progress (and its metrics) as it goes.
+                let line = tokio::select! {
+                    line = lines.next_line() => line?,
+                    Some(done) = batch.pending.next(), if !batch.pending.is_empty() => {
+                        batch.settled(done);
+                        continue;
+                    }
+                };
+                let Some(line) = line else { break };
                 n += 1;
                 if line.trim().is_empty() {
                     continue;

@@ -219,3 +219,60 @@ fn the_url_is_read_from_text_and_json_log_lines() {
     assert_eq!(url_addr(json), Some("[::1]:9464".parse().unwrap()));
     assert_eq!(url_addr("metrics served"), None);
 }
+
+/// `sluice produce --metrics` reading a stream from stdin: its endpoint counts
+/// what Kafka acknowledged and what was refused, while the stream is still open.
+#[test]
+fn a_producer_streaming_from_stdin_counts_its_publishes() {
+    let broker = Broker::start();
+    let env = Env::new(&broker, "producer-metrics");
+    let mut cmd = env.cmd(&["produce", "--file", "-", "--metrics"]);
+    cmd.env("SLUICE_METRICS__LISTEN", "127.0.0.1:0")
+        .env("SLUICE_PRODUCER__MAX_TASK_BYTES", "1000")
+        .stdin(Stdio::piped());
+    let (mut producer, addr) = spawn_serving(cmd, "sluice produce");
+    let mut stdin = producer.child.stdin.take().expect("piped");
+    let mut lines = String::new();
+    for i in 0..30 {
+        lines.push_str(&format!("{{\"kind\":\"noop\",\"payload\":{i}}}\n"));
+    }
+    // Over producer.max_task_bytes: refused before sending.
+    lines.push_str(&format!(
+        "{{\"kind\":\"noop\",\"payload\":\"{}\"}}\n",
+        "x".repeat(2000)
+    ));
+    std::io::Write::write_all(&mut stdin, lines.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (status, text) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if sum(&text, "sluice_tasks_published_total", &[]) >= 30.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        sum(&text, "sluice_tasks_published_total", &[]),
+        30.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "sluice_publish_failures_total",
+            &["reason=\"rejected\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(&text, "sluice_publish_delivery_seconds_count", &[]),
+        30.0
+    );
+    drop(stdin);
+    let status = producer.child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "one line was refused, so the exit code says so"
+    );
+}

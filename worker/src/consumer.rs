@@ -413,10 +413,14 @@ pub(crate) fn poll_loop(
                         // out, so its offset is never passed by a commit.
                         continue;
                     };
-                    st.tracker
+                    let skipped = st
+                        .tracker
                         .get_mut(&tp, epoch)
                         .expect("epoch just read")
                         .start(msg.offset());
+                    if let Some(expected) = skipped {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = msg.offset(), "offset gap: records were not handed out");
+                    }
                     st.handed_out += 1;
                     ctx.admission
                         .counters

@@ -20,10 +20,13 @@ pub struct PartitionProgress {
 }
 
 impl PartitionProgress {
-    /// Records that `offset` was handed out for execution.
-    pub fn start(&mut self, offset: i64) {
+    /// Records that `offset` was handed out for execution. Returns the offset
+    /// that was expected instead when records between were never handed out.
+    pub fn start(&mut self, offset: i64) -> Option<i64> {
         self.outstanding.insert(offset);
+        let skipped = self.next.filter(|n| *n < offset);
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        skipped
     }
 
     /// Records that `offset` is done (result durable).

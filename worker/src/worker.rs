@@ -96,21 +96,14 @@ pub async fn run_with(
     let endpoint_stop = CancellationToken::new();
     let _endpoint_guard = endpoint_stop.clone().drop_guard();
     let metrics_url = if cfg.metrics.enabled {
-        let listener = exporter::bind(&cfg.metrics).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| sluice_common::Error::Listen {
-                addr: cfg.metrics.listen.clone(),
-                cause: e.to_string(),
-            })?;
-        let url = exporter::metrics_url(addr);
-        tracing::info!(url = %url, "metrics served");
-        tokio::spawn(exporter::serve(
-            listener,
+        let url = exporter::start(
+            &cfg.metrics,
             metrics.clone(),
             health.clone(),
             endpoint_stop.clone(),
-        ));
+        )
+        .await?;
+        tracing::info!(url = %url, "metrics served");
         Some(url)
     } else {
         None
