@@ -2,7 +2,9 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_common::config::{GroupProtocol, LogFormat, Ordering};
+use sluice_common::job::GatherSpec;
 use sluice_common::{Config, TopicSpec};
+use sluice_producer::job::Split;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -40,6 +42,9 @@ pub enum Command {
     /// List or replay dead-lettered tasks.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Split work into sub-tasks, run them across the group, gather the results.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Start a broker and workers, run a demo workload, print a summary.
     Dev(DevArgs),
     /// Ask a worker on this machine whether it is ready (exit 0) or not (exit 1),
@@ -107,6 +112,75 @@ pub struct DlqReplayArgs {
     /// Show what would be replayed without publishing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `sluice job`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Publish a job: a manifest and one sub-task per piece of the split input.
+    Submit(JobSubmitArgs),
+    /// Show one job's state, read from Kafka (works from any machine, any time).
+    Status(JobStatusArgs),
+    /// List every job on the jobs topic with its state.
+    List(JobListArgs),
+}
+
+/// `sluice job submit`.
+#[derive(Debug, Args)]
+pub struct JobSubmitArgs {
+    /// Kind of every sub-task.
+    #[arg(long, short = 'k')]
+    pub kind: String,
+    /// How to split the input: range:START..END (both ends included; add :CHUNK
+    /// for CHUNK numbers per sub-task), lines:PATH (add :N for N lines per
+    /// sub-task) or jsonl:PATH (one payload per line).
+    #[arg(long, short = 's')]
+    pub split: Split,
+    /// How to combine the outputs: collect, sum, count, concat, or chord:KIND (a
+    /// task of KIND run by a worker over the collected outputs).
+    #[arg(long, default_value = "collect")]
+    pub gather: GatherSpec,
+    /// Failed sub-tasks the job tolerates (left out of the gather).
+    #[arg(long, default_value_t = 0)]
+    pub tolerate: u64,
+    /// Fail the job as soon as more sub-tasks failed than tolerated, instead of
+    /// waiting for all of them to list every failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Job id (default: a new UUIDv7).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Show progress until the job has a result, then its summary; exit 1 when the
+    /// job failed.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// With --wait: give up waiting (exit 1; the job goes on) after this many ms.
+    #[arg(long, requires = "wait")]
+    pub timeout_ms: Option<u64>,
+    /// With --wait: print the final status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Task topic (overrides topics.tasks).
+    #[arg(long, short = 't')]
+    pub topic: Option<String>,
+}
+
+/// `sluice job status`.
+#[derive(Debug, Args)]
+pub struct JobStatusArgs {
+    /// The job id.
+    pub id: String,
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice job list`.
+#[derive(Debug, Args)]
+pub struct JobListArgs {
+    /// One JSON object per job, per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice broker`.
@@ -260,6 +334,10 @@ pub struct DevArgs {
     /// Concurrency of each worker.
     #[arg(long, short = 'j', default_value_t = 32)]
     pub concurrency: usize,
+    /// After the tasks, a job squaring 1..N across the workers, gathered by sum
+    /// (0: no job).
+    #[arg(long, default_value_t = 1000)]
+    pub job: u64,
 }
 
 /// `--ordering`.
@@ -327,6 +405,7 @@ impl Cli {
                 }
             }
             Command::Produce(p) => set(&mut cfg.topics.tasks, &p.topic),
+            Command::Job(JobCommand::Submit(j)) => set(&mut cfg.topics.tasks, &j.topic),
             Command::Results(r) => set(&mut cfg.topics.results, &r.topic),
             Command::Status(s) => {
                 set(&mut cfg.worker.group, &s.group);
@@ -339,7 +418,7 @@ impl Cli {
             // `dev` prints its own summary; task failures it provokes on purpose
             // are not news. RUST_LOG still overrides this.
             Command::Dev(_) if cfg.log == Default::default() => cfg.log.level = "error".into(),
-            Command::Broker(_) | Command::Dev(_) | Command::Health(_) => {}
+            Command::Broker(_) | Command::Dev(_) | Command::Health(_) | Command::Job(_) => {}
         }
     }
 }

@@ -87,6 +87,8 @@ pub struct TopicsConfig {
     pub tasks: String,
     /// Where every task's outcome is published.
     pub results: String,
+    /// Where job manifests and job results are published (`sluice job`).
+    pub jobs: String,
     /// Where unordered tasks wait for their next attempt. Default `<tasks>.retry`.
     pub retry: Option<String>,
     /// Where records that cannot succeed are kept, with headers saying why.
@@ -103,6 +105,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             tasks: "sluice.tasks".into(),
             results: "sluice.results".into(),
+            jobs: "sluice.jobs".into(),
             retry: None,
             dead_letter: None,
             partitions: 8,
@@ -191,6 +194,11 @@ pub struct WorkerConfig {
     /// Safety valve: stop the worker (exit 1, with a report) when more records than
     /// this are dead-lettered within a minute. 0 disables it.
     pub max_dead_letters_per_minute: u64,
+    /// Run the job gatherer: it reads the results topic in the group
+    /// `<group>.gather`, combines the results of each job's sub-tasks and
+    /// publishes the job result (docs/JOBS.md). With it off in every worker of a
+    /// group, jobs never finish.
+    pub gatherer: bool,
 }
 
 /// Retry policy: exponential backoff with jitter, capped.
@@ -252,7 +260,15 @@ impl Default for WorkerConfig {
             kinds: BTreeMap::new(),
             dead_letters: true,
             max_dead_letters_per_minute: 0,
+            gatherer: true,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The consumer group of this worker group's job gatherers.
+    pub fn gather_group(&self) -> String {
+        format!("{}.gather", self.group)
     }
 }
 
@@ -443,7 +459,10 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return fail("kafka.brokers", "must name at least one host:port");
         }
-        if self.topics.tasks.is_empty() || self.topics.results.is_empty() {
+        if self.topics.tasks.is_empty()
+            || self.topics.results.is_empty()
+            || self.topics.jobs.is_empty()
+        {
             return fail("topics", "topic names must not be empty");
         }
         if self.topics.tasks == self.topics.results {
@@ -492,6 +511,7 @@ impl Config {
         let names = [
             self.topics.tasks.clone(),
             self.topics.results.clone(),
+            self.topics.jobs.clone(),
             self.topics.retry_topic(),
             self.topics.dead_letter_topic(),
         ];

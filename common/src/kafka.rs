@@ -56,9 +56,21 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
 /// A worker's group consumer. At-least-once: offsets are stored by the worker only
 /// when a task's result is durable, and auto-commit commits only stored offsets.
 pub fn worker_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
+    group_consumer_config(cfg, client_id, &cfg.worker.group)
+}
+
+/// A worker's job gatherer: a consumer of the results topic in the group
+/// `<worker.group>.gather`, with the worker's group settings. The gatherer stores
+/// an offset only below the first result of every job it has not finished, so a
+/// new owner of the partition rebuilds those jobs from the topic.
+pub fn gatherer_consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
+    group_consumer_config(cfg, client_id, &cfg.worker.gather_group())
+}
+
+fn group_consumer_config(cfg: &Config, client_id: &str, group: &str) -> ClientConfig {
     let w = &cfg.worker;
     let mut c = base(cfg, client_id);
-    c.set("group.id", &w.group)
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", w.commit_interval_ms.to_string())

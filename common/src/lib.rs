@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`task`]: wire format v1 — [`Task`], [`TaskResult`], [`Status`].
+//! - [`job`]: jobs — manifest and job result records, gathers, the tally.
 //! - [`config`]: [`Config`] and its layered loading (defaults → TOML → env).
 //! - [`dead_letter`]: headers of dead-letter records.
 //! - [`security`]: TLS and SASL settings; secrets that never print.
@@ -25,6 +26,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod exporter;
 pub mod health;
+pub mod job;
 pub mod kafka;
 pub mod metrics;
 pub mod security;

@@ -168,6 +168,15 @@ pub struct TaskResult {
     pub job: Option<JobRef>,
 }
 
+impl TaskResult {
+    /// The Kafka key of the result record: the job id for a job's sub-tasks, so
+    /// that all results of one job land on one partition (in one order, read by
+    /// one gatherer); the task id otherwise.
+    pub fn key(&self) -> &str {
+        self.job.as_ref().map_or(&self.task_id, |j| &j.id)
+    }
+}
+
 /// Where a record sits in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Coordinates {

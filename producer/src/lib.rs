@@ -6,6 +6,9 @@
 //! when Kafka acknowledged it. The producer is idempotent by default, so librdkafka's
 //! own retries never duplicate or reorder a task.
 //!
+//! Jobs ([`job`]) build on that: a split spec becomes sub-tasks published with a
+//! manifest, and a job's state is read back from the jobs and results topics.
+//!
 //! # Layout
 //! - [`input`]: task input from JSON lines; [`Outgoing`] is a task with its key.
 //! - [`partitioner`]: murmur2 and round-robin partition choice.
@@ -13,9 +16,11 @@
 //! - [`reader`]: [`TopicReader`], a whole topic outside any group.
 //! - [`results`]: [`ResultReader`], which reads outcomes back.
 //! - [`dlq`]: the dead-letter topic, listed and replayed.
+//! - [`job`]: jobs — split specs, submitting a job, job state read back from Kafka.
 
 pub mod dlq;
 pub mod input;
+pub mod job;
 pub mod partitioner;
 pub mod publisher;
 pub mod reader;

@@ -2,7 +2,7 @@
 //! explicitly, from the beginning (or the end), never committing, so reading
 //! disturbs nobody's offsets. End-of-partition events tell when it caught up.
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -16,7 +16,7 @@ use std::time::Duration;
 pub enum Start {
     /// Every record still in the topic.
     Beginning,
-    /// Only records published from now on.
+    /// Only records published after opening.
     End,
 }
 
@@ -51,12 +51,19 @@ impl TopicReader {
             .create_with_context(QuietContext)
             .map_err(sluice_common::Error::client)?;
         let mut tpl = TopicPartitionList::new();
-        let offset = match start {
-            Start::Beginning => Offset::Beginning,
-            Start::End => Offset::End,
+        let offsets = match start {
+            Start::Beginning => vec![Offset::Beginning; counts[0].1 as usize],
+            // Offsets taken now, not librdkafka's logical END: that is resolved
+            // only when fetching starts, and would skip records published between
+            // opening and the first fetch.
+            Start::End => high_watermarks(cfg, topic, counts[0].1)
+                .await?
+                .into_iter()
+                .map(Offset::Offset)
+                .collect(),
         };
-        for p in 0..counts[0].1 {
-            tpl.add_partition_offset(topic, p, offset)
+        for (p, offset) in offsets.into_iter().enumerate() {
+            tpl.add_partition_offset(topic, p as i32, offset)
                 .map_err(sluice_common::Error::client)?;
         }
         consumer
@@ -108,4 +115,30 @@ impl TopicReader {
             }
         }
     }
+}
+
+/// The end offset of every partition of `topic`, now.
+async fn high_watermarks(
+    cfg: &Config,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<i64>, sluice_common::Error> {
+    let probe: BaseConsumer<QuietContext> = kafka::reader_config(cfg, "sluice-reader")
+        .create_with_context(QuietContext)
+        .map_err(sluice_common::Error::client)?;
+    let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+    let topic = topic.to_string();
+    // Watermark requests block: keep them off the async threads.
+    tokio::task::spawn_blocking(move || {
+        (0..partitions)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map(|(_, high)| high)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sluice_common::Error::client)
+    })
+    .await
+    .map_err(|e| sluice_common::Error::Client(e.to_string()))?
 }

@@ -2,14 +2,18 @@
 //!
 //! Starts the broker and a group of workers (each a real group member with its own
 //! consumer), publishes a mixed demo workload, reads every result back and prints
-//! a summary. Exits 0 only when every published task has exactly one result.
+//! a summary. Then it runs a job (`square` over 1..N, gathered by `sum` on a
+//! worker) and shows its result. Exits 0 only when every published task has
+//! exactly one result and the job's sum is right.
 
 use crate::cli::DevArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sluice_common::config::GroupProtocol;
+use sluice_common::job::{FailurePolicy, GatherSpec};
 use sluice_common::task::now_ms;
 use sluice_common::{shutdown, Config, EmbeddedBroker, Status, Task, TopicSpec};
+use sluice_producer::job::{JobSpec, JobStatus, JobWatch, Split, Submitter};
 use sluice_producer::{Next, Outgoing, Publisher, ResultReader, Start};
 use sluice_worker::Counters;
 use std::collections::{BTreeMap, HashMap};
@@ -153,6 +157,11 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     drop(reader);
     drop(publisher);
+    let job = if args.job > 0 && !stop.is_cancelled() {
+        Some(run_job(&cfg, args.job).await?)
+    } else {
+        None
+    };
     workers.cancel();
     for h in handles {
         match h.await {
@@ -208,16 +217,39 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         "  partitions   {}",
         spread(by_partition.iter().map(|(k, v)| (k.to_string(), *v)))
     );
+    let expected_sum = args.job * (args.job + 1) * (2 * args.job + 1) / 6;
+    let job_ok = match &job {
+        None => true,
+        Some(None) => {
+            println!("  job          no result within {RESULT_TIMEOUT:?}");
+            false
+        }
+        Some(Some((s, took))) => {
+            let out = s.output.as_ref().map_or("-".into(), |v| v.to_string());
+            println!(
+                "  job          {} ({} sub-tasks, gather {}): {} = {out} in {:.2}s, gathered by {}",
+                s.split.as_deref().unwrap_or("-"),
+                s.total,
+                s.gather.as_deref().unwrap_or("-"),
+                s.state,
+                took.as_secs_f64(),
+                s.gathered_by.as_deref().unwrap_or("-"),
+            );
+            s.output == Some(json!(expected_sum))
+        }
+    };
     if unexpected > 0 {
         println!("  (ignored {unexpected} results of tasks this run did not publish)");
     }
-    let ok = missing == 0 && duplicates == 0;
+    let ok = missing == 0 && duplicates == 0 && job_ok;
     println!(
         "{}",
-        if ok {
-            "OK: every task has exactly one result"
-        } else {
-            "FAILED: not every task has exactly one result"
+        match (missing == 0 && duplicates == 0, job_ok) {
+            (true, true) if job.is_some() =>
+                "OK: every task has exactly one result, and the job's sum is right",
+            (true, true) => "OK: every task has exactly one result",
+            (true, false) => "FAILED: the job did not give the right sum",
+            (false, _) => "FAILED: not every task has exactly one result",
         }
     );
     Ok(if ok {
@@ -225,6 +257,39 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Submits a job squaring 1..=n, gathered by `sum` on a worker, and follows it
+/// until its result is on the jobs topic: the status and the time it took, or
+/// `None` when it did not finish in time.
+async fn run_job(cfg: &Config, n: u64) -> anyhow::Result<Option<(JobStatus, Duration)>> {
+    let split: Split = format!("range:1..{n}").parse()?;
+    let spec = JobSpec {
+        id: None,
+        kind: "square".into(),
+        split: split.clone(),
+        gather: GatherSpec::Sum,
+        failure: FailurePolicy::default(),
+    };
+    let submitter = Submitter::connect(cfg).await?;
+    let payloads = split.payloads()?;
+    let manifest = submitter.manifest(&spec, payloads.len() as u64);
+    let mut watch = JobWatch::open(cfg, Some(manifest.job_id.clone()), Start::End).await?;
+    let started = Instant::now();
+    let bar = progress(n, "job       ");
+    submitter.submit(&manifest, payloads, |_| {}).await?;
+    while started.elapsed() < RESULT_TIMEOUT {
+        watch.poll(Duration::from_millis(100)).await;
+        if let Some(s) = watch.book().status(&manifest.job_id) {
+            bar.set_position(s.succeeded + s.failed);
+            if s.finished() {
+                bar.finish_and_clear();
+                return Ok(Some((s, started.elapsed())));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(None)
 }
 
 /// Waits until the group has settled: every partition assigned and, when there

@@ -4,6 +4,7 @@ mod broker;
 mod dev;
 mod dlq;
 mod health;
+mod job;
 mod produce;
 mod results;
 mod status;
@@ -22,6 +23,7 @@ pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Results(a) => results::run(a, cfg).await,
         Command::Status(a) => status::run(a, cfg).await,
         Command::Dlq(c) => dlq::run(c, cfg).await,
+        Command::Job(c) => job::run(c, cfg).await,
         Command::Dev(a) => dev::run(a, cfg).await,
         Command::Health(a) => health::run(a, cfg).await,
     }

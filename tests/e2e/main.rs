@@ -12,6 +12,7 @@ mod dlq;
 mod harness;
 #[cfg(feature = "external-tools")]
 mod interop;
+mod jobs;
 mod metrics;
 mod pipeline;
 mod poison;

@@ -7,7 +7,10 @@
 //!   the output is a checksum that depends on every iteration.
 //! - `fail`: `{"times": N}` fails attempts 1..=N (retryable), then succeeds;
 //!   `{"permanent": true}` always fails permanently.
-//! - `square`: `{"n": X}` or a bare number X → X², the origin text's map example.
+//! - `square`: `{"n": X}` or a bare number X → X², the origin text's map example;
+//!   a chunk of a job's range, `{"from": A, "to": B}`, → `[A², …, B²]`.
+//! - `words`: counts like `wc`: a text, or `{"lines": [...]}` (a `lines:` job
+//!   split) → `{"lines": L, "words": W, "bytes": B}`; a `sum` gather adds them up.
 
 use crate::handler::{handler_fn, HandlerError, Registry, TaskContext};
 use serde_json::{json, Value};
@@ -24,7 +27,8 @@ pub fn builtin() -> Registry {
         .register("sleep", handler_fn(sleep))
         .register("cpu", handler_fn(cpu))
         .register("fail", handler_fn(fail))
-        .register("square", handler_fn(square));
+        .register("square", handler_fn(square))
+        .register("words", handler_fn(words));
     r
 }
 
@@ -78,6 +82,25 @@ async fn fail(t: TaskContext) -> Result<Value, HandlerError> {
 }
 
 async fn square(t: TaskContext) -> Result<Value, HandlerError> {
+    if let (Some(from), Some(to)) = (
+        t.payload.get("from").and_then(Value::as_i64),
+        t.payload.get("to").and_then(Value::as_i64),
+    ) {
+        if to < from || to - from >= 10_000_000 {
+            return Err(HandlerError::permanent(format!(
+                "square: `from` {from} to `to` {to} is not a range of at most 10000000 numbers"
+            )));
+        }
+        // i128: squares of any i64 fit.
+        return Ok(Value::Array(
+            (from..=to)
+                .map(|x| {
+                    let y = i128::from(x) * i128::from(x);
+                    i64::try_from(y).map_or_else(|_| json!(y as f64), |v| json!(v))
+                })
+                .collect(),
+        ));
+    }
     let x = t
         .payload
         .as_f64()
@@ -91,6 +114,34 @@ async fn square(t: TaskContext) -> Result<Value, HandlerError> {
     } else {
         json!(y)
     })
+}
+
+async fn words(t: TaskContext) -> Result<Value, HandlerError> {
+    let text = match &t.payload {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("lines").and_then(Value::as_array) {
+            Some(lines) => lines
+                .iter()
+                .map(|l| l.as_str().map(|s| format!("{s}\n")))
+                .collect::<Option<String>>()
+                .ok_or_else(|| HandlerError::permanent("words: `lines` must be strings"))?,
+            None => {
+                return Err(HandlerError::permanent(
+                    "words: an object payload needs `lines`",
+                ))
+            }
+        },
+        other => {
+            return Err(HandlerError::permanent(format!(
+                "words needs a text or {{\"lines\": [...]}}, got {other}"
+            )))
+        }
+    };
+    Ok(json!({
+        "lines": text.matches('\n').count(),
+        "words": text.split_whitespace().count(),
+        "bytes": text.len(),
+    }))
 }
 
 #[cfg(test)]
@@ -125,6 +176,19 @@ mod tests {
         );
         assert_eq!(run("square", json!(7), 1).await, Ok(json!(49)));
         assert_eq!(run("square", json!({"n": 3}), 1).await, Ok(json!(9)));
+        assert_eq!(
+            run("square", json!({"from": -1, "to": 2}), 1).await,
+            Ok(json!([1, 0, 1, 4]))
+        );
+        assert_eq!(
+            run("words", json!({"lines": ["to be or", "", "not  to be"]}), 1).await,
+            Ok(json!({"lines": 3, "words": 6, "bytes": 21}))
+        );
+        assert_eq!(
+            run("words", json!("a b\n"), 1).await,
+            Ok(json!({"lines": 1, "words": 2, "bytes": 4}))
+        );
+        assert!(run("words", json!(5), 1).await.is_err());
         let out = run("cpu", json!({"iterations": 1000}), 1).await.unwrap();
         assert_eq!(out["checksum"], checksum(1000).to_string());
         assert_ne!(checksum(1000), checksum(1001));

@@ -19,6 +19,11 @@
 //! When too many tasks are buffered the poll thread pauses its partitions but keeps
 //! polling, so slow tasks never push a worker out of its group.
 //!
+//! Beside that pipeline, a job gatherer (`gatherer`) reads the results topic in
+//! its own consumer group and turns the results of each job's sub-tasks into the
+//! job's result, running a chord callback with this worker's handlers when the
+//! job asks for one (docs/JOBS.md).
+//!
 //! Each of these steps also reports to `sluice_common::Metrics` (tasks received and
 //! finished, attempts, retries, dead letters, rebalances, commits, librdkafka
 //! statistics) and keeps `sluice_common::Health` current; the worker serves both
@@ -26,7 +31,7 @@
 //!
 //! # Layout
 //! - [`handler`]: the [`Handler`] trait, [`HandlerError`], the [`Registry`].
-//! - [`builtin`](mod@builtin): built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`).
+//! - [`builtin`](mod@builtin): built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`, `words`).
 //! - [`external`]: kinds served by external programs.
 //! - [`tracker`]: the offset tracker.
 //! - [`counters`]: live [`Counters`] of a running worker.
@@ -35,6 +40,7 @@
 //! - `lanes`: ordering modes and the concurrency limit.
 //! - `execute`: one task from record to durable result.
 //! - `outbox`: results, dead letters and retries, each written until durable.
+//! - `gatherer`: the job gatherer — sub-task results to job results (docs/JOBS.md).
 //! - [`retry`]: the retry policy (attempts, backoff with jitter).
 //! - `valve`: the dead-letter safety valve.
 //! - [`worker`]: [`run`], the supervisor.
@@ -45,6 +51,7 @@ mod consumer;
 pub mod counters;
 mod execute;
 pub mod external;
+pub(crate) mod gatherer;
 pub mod handler;
 mod lanes;
 mod outbox;

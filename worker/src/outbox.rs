@@ -45,7 +45,7 @@ impl Outbox {
         match self
             .send(
                 &self.results,
-                Some(result.task_id.as_bytes()),
+                Some(result.key().as_bytes()),
                 &value,
                 None,
                 give_up,
@@ -68,7 +68,7 @@ impl Outbox {
                 match self
                     .send(
                         &self.results,
-                        Some(smaller.task_id.as_bytes()),
+                        Some(smaller.key().as_bytes()),
                         &value,
                         None,
                         give_up,

@@ -7,6 +7,7 @@ use crate::consumer::{poll_loop, PollLimits, WorkerContext};
 use crate::counters::Counters;
 use crate::execute::Executor;
 use crate::external::External;
+use crate::gatherer::Gatherer;
 use crate::handler::Registry;
 use crate::lanes::Lanes;
 use crate::outbox::Outbox;
@@ -141,6 +142,21 @@ pub async fn run_with(
         .map_err(sluice_common::Error::client)?;
     tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
 
+    let gatherer = cfg.worker.gatherer.then(|| {
+        let g = Gatherer {
+            cfg: cfg.clone(),
+            registry: registry.clone(),
+            producer: producer.clone(),
+            worker_id: worker_id.clone(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = g.run(stop).await {
+                tracing::error!(error = %e, "the job gatherer could not start; jobs of this group may not finish");
+            }
+        })
+    });
+
     let give_up = CancellationToken::new();
     let executor = Arc::new(Executor {
         registry,
@@ -202,6 +218,11 @@ pub async fn run_with(
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     watchdog.abort();
+    if let Some(g) = gatherer {
+        if tokio::time::timeout(LEAVE_GRACE, g).await.is_err() {
+            tracing::error!("the job gatherer did not stop in time");
+        }
+    }
     let _ = producer.flush(Duration::from_secs(5));
     tracing::info!(worker.id = %worker_id, finished = counters.total_finished(), "worker stopped");
     if let Some(reason) = executor.valve.tripped() {

@@ -1,0 +1,402 @@
+//! The job gatherer: turns the results of a job's sub-tasks into the job's result.
+//!
+//! Every worker (with `worker.gatherer`, the default) runs one. It reads the
+//! results topic as a member of the consumer group `<worker.group>.gather`, so each
+//! results partition has exactly one gatherer; workers key the results of a job's
+//! sub-tasks by job id, so each job has exactly one gatherer too. It also reads
+//! the whole jobs topic (outside any group) for manifests, which carry the gather
+//! spec and failure policy, and for job results published already.
+//!
+//! Per job it keeps a [`Tally`]. When the tally's verdict under the manifest's
+//! policy is final, the gatherer applies the gather (or runs the chord callback,
+//! here, with the worker's handlers) and publishes the job result to the jobs
+//! topic, waiting until it is durable.
+//!
+//! Durability: the gatherer keeps no state outside Kafka. It stores a results
+//! offset only below the first result of every job it has not finished, so when
+//! it crashes or loses a partition, the next owner reads those jobs' results again
+//! and rebuilds the same tallies. A job can therefore be published twice (a crash
+//! between publishing and storing the offset); readers take the first job result
+//! per job id, and duplicates agree on everything but `gathered_by` and
+//! `finished_ms`. Until it has read the jobs topic to its end once, a gatherer
+//! decides nothing, so it does not redo jobs whose results it simply had not read.
+
+use crate::handler::{HandlerError, Registry, TaskContext};
+use crate::retry::RetryPolicy;
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use sluice_common::job::{GatherSpec, JobRecord, JobResult, Manifest, Tally, Verdict};
+use sluice_common::kafka::{self, ProducerStats, QuietContext};
+use sluice_common::{Config, Task, TaskResult};
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often offsets are stored and lost partitions forgotten.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What the gatherer needs from its worker.
+pub(crate) struct Gatherer {
+    pub cfg: Config,
+    pub registry: Registry,
+    pub producer: FutureProducer<ProducerStats>,
+    pub worker_id: String,
+}
+
+/// A job with results on one of this gatherer's partitions and no job result yet.
+struct OpenJob {
+    partition: i32,
+    /// Offset of the first result read: nothing below it may be forgotten.
+    first_offset: i64,
+    tally: Tally,
+    /// A chord callback is running for it.
+    gathering: bool,
+}
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, Manifest>,
+    finished: HashSet<String>,
+    open: HashMap<String, OpenJob>,
+    /// Next offset to read, per results partition.
+    positions: HashMap<i32, i64>,
+    /// The jobs topic has been read to its end once.
+    caught_up: bool,
+}
+
+/// A chord callback's outcome, for the job it belongs to.
+type Gathered = (String, Result<Value, String>);
+
+impl Gatherer {
+    /// Gathers until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), sluice_common::Error> {
+        let cfg = &self.cfg;
+        let counts = kafka::ensure_topics(cfg, &[&cfg.topics.jobs]).await?;
+        let client_id = format!("{}-gather", self.worker_id);
+        let results: StreamConsumer<QuietContext> =
+            kafka::gatherer_consumer_config(cfg, &client_id)
+                .create_with_context(QuietContext)
+                .map_err(sluice_common::Error::client)?;
+        results
+            .subscribe(&[&cfg.topics.results])
+            .map_err(sluice_common::Error::client)?;
+        let jobs: StreamConsumer<QuietContext> = kafka::reader_config(cfg, &client_id)
+            .create_with_context(QuietContext)
+            .map_err(sluice_common::Error::client)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..counts[0].1 {
+            tpl.add_partition_offset(&cfg.topics.jobs, p, Offset::Beginning)
+                .map_err(sluice_common::Error::client)?;
+        }
+        jobs.assign(&tpl).map_err(sluice_common::Error::client)?;
+        let job_partitions = counts[0].1 as usize;
+        tracing::info!(group = %cfg.worker.gather_group(), jobs = %cfg.topics.jobs, "job gatherer started");
+
+        let mut st = State::default();
+        let mut at_end = HashSet::new();
+        let (done_tx, mut done_rx) = mpsc::channel::<Gathered>(64);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let ready: Vec<JobResult> = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = results.recv() => match m {
+                    Ok(msg) => self.on_result(&mut st, &msg, &done_tx).into_iter().collect(),
+                    Err(e) => { tracing::warn!(error = %e, "gatherer: reading results"); vec![] }
+                },
+                m = jobs.recv() => match m {
+                    Ok(msg) => self.on_job_record(&mut st, &msg, &done_tx),
+                    Err(KafkaError::PartitionEOF(p)) => {
+                        at_end.insert(p);
+                        if at_end.len() >= job_partitions && !st.caught_up {
+                            st.caught_up = true;
+                            let ids: Vec<String> = st.open.keys().cloned().collect();
+                            ids.iter().filter_map(|id| self.evaluate(&mut st, id, &done_tx)).collect()
+                        } else {
+                            vec![]
+                        }
+                    }
+                    Err(e) => { tracing::warn!(error = %e, "gatherer: reading jobs"); vec![] }
+                },
+                Some((id, outcome)) = done_rx.recv() => {
+                    match (st.open.get(&id), st.manifests.get(&id)) {
+                        (Some(open), Some(m)) => vec![open.tally.conclude(m, outcome, &self.worker_id)],
+                        _ => vec![],
+                    }
+                }
+                _ = tick.tick() => {
+                    forget_lost_partitions(&mut st, &results, &cfg.topics.results);
+                    store_offsets(&st, &results, &cfg.topics.results);
+                    vec![]
+                }
+            };
+            for job in ready {
+                self.publish(&mut st, &results, job, &shutdown).await;
+            }
+        }
+        store_offsets(&st, &results, &cfg.topics.results);
+        // Closing commits the stored offsets; librdkafka may block on that.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || drop((results, jobs))),
+        )
+        .await;
+        Ok(())
+    }
+
+    fn on_result(
+        &self,
+        st: &mut State,
+        msg: &BorrowedMessage<'_>,
+        done: &mpsc::Sender<Gathered>,
+    ) -> Option<JobResult> {
+        let (p, offset) = (msg.partition(), msg.offset());
+        st.positions.insert(p, offset + 1);
+        // Records that are not results are `sluice results`' business, not ours.
+        let r: TaskResult = serde_json::from_slice(msg.payload()?).ok()?;
+        let job = r.job.as_ref()?;
+        if st.finished.contains(&job.id) {
+            return None;
+        }
+        let open = st.open.entry(job.id.clone()).or_insert_with(|| {
+            tracing::info!(job.id = %job.id, partition = p, offset, "gathering job");
+            OpenJob {
+                partition: p,
+                first_offset: offset,
+                tally: Tally::new(job.total),
+                gathering: false,
+            }
+        });
+        if !open.tally.record(&r) {
+            return None;
+        }
+        let id = job.id.clone();
+        self.evaluate(st, &id, done)
+    }
+
+    fn on_job_record(
+        &self,
+        st: &mut State,
+        msg: &BorrowedMessage<'_>,
+        done: &mpsc::Sender<Gathered>,
+    ) -> Vec<JobResult> {
+        let record = match msg.payload().map(JobRecord::decode) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "skipping a record on the jobs topic");
+                return vec![];
+            }
+            None => return vec![],
+        };
+        match record {
+            JobRecord::Manifest(m) => {
+                if st.finished.contains(&m.job_id) {
+                    return vec![];
+                }
+                let id = m.job_id.clone();
+                st.manifests.insert(id.clone(), m);
+                self.evaluate(st, &id, done).into_iter().collect()
+            }
+            JobRecord::Result(r) => {
+                // Ours coming back, or another gatherer's (a duplicate owner).
+                finish(st, &r.job_id);
+                vec![]
+            }
+        }
+    }
+
+    /// The job result of `id` when its verdict is final and needs no callback;
+    /// starts the chord callback when it needs one.
+    fn evaluate(
+        &self,
+        st: &mut State,
+        id: &str,
+        done: &mpsc::Sender<Gathered>,
+    ) -> Option<JobResult> {
+        if !st.caught_up {
+            return None;
+        }
+        let (open, manifest) = (st.open.get_mut(id)?, st.manifests.get(id)?);
+        if open.gathering {
+            return None;
+        }
+        let outcome = match open.tally.verdict(&manifest.failure) {
+            Verdict::Running => return None,
+            Verdict::Fail(reason) => Err(reason),
+            Verdict::Gather => match &manifest.gather {
+                GatherSpec::Chord(kind) => {
+                    open.gathering = true;
+                    let payload = manifest
+                        .gather
+                        .apply(&open.tally.outputs())
+                        .unwrap_or_default();
+                    tokio::spawn(chord(
+                        self.registry.clone(),
+                        self.cfg.clone(),
+                        id.to_string(),
+                        kind.clone(),
+                        payload,
+                        done.clone(),
+                    ));
+                    return None;
+                }
+                g => g
+                    .apply(&open.tally.outputs())
+                    .map_err(|e| format!("gather `{g}` failed: {e}")),
+            },
+        };
+        Some(open.tally.conclude(manifest, outcome, &self.worker_id))
+    }
+
+    /// Publishes `job` to the jobs topic until it is durable, if this gatherer
+    /// still owns the job's partition; then forgets the job.
+    async fn publish(
+        &self,
+        st: &mut State,
+        results: &StreamConsumer<QuietContext>,
+        job: JobResult,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(partition) = st.open.get(&job.job_id).map(|o| o.partition) else {
+            return;
+        };
+        let owned = results.assignment().ok().is_some_and(|a| {
+            a.find_partition(&self.cfg.topics.results, partition)
+                .is_some()
+        });
+        if !owned {
+            // The new owner rebuilds it from the topic and publishes it.
+            st.open.remove(&job.job_id);
+            return;
+        }
+        let value = JobRecord::Result(job.clone()).encode();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(&self.cfg.topics.jobs)
+                .key(job.job_id.as_bytes())
+                .payload(&value);
+            let sent = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.producer.send(record, Timeout::Never) => r,
+            };
+            match sent {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, job.id = %job.job_id, "job result not acknowledged; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!(job.id = %job.job_id, state = %job.state, succeeded = job.succeeded, failed = job.failed, "job gathered");
+        finish(st, &job.job_id);
+    }
+}
+
+fn finish(st: &mut State, id: &str) {
+    st.finished.insert(id.to_string());
+    st.manifests.remove(id);
+    st.open.remove(id);
+}
+
+/// Drops jobs and positions of partitions this gatherer no longer owns.
+fn forget_lost_partitions(st: &mut State, results: &StreamConsumer<QuietContext>, topic: &str) {
+    let Ok(assigned) = results.assignment() else {
+        return;
+    };
+    let owned = |p: i32| assigned.find_partition(topic, p).is_some();
+    st.open.retain(|_, o| owned(o.partition));
+    st.positions.retain(|p, _| owned(*p));
+}
+
+/// Stores, per partition, the offset below which every job is finished.
+fn store_offsets(st: &State, results: &StreamConsumer<QuietContext>, topic: &str) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in &st.positions {
+        let keep_from = st
+            .open
+            .values()
+            .filter(|o| o.partition == *p)
+            .map(|o| o.first_offset)
+            .min()
+            .unwrap_or(*next);
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(keep_from));
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = results.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "gatherer: could not store offsets (partition revoked?)");
+        }
+    }
+}
+
+/// Runs the chord callback `kind` over `payload` (the collected outputs) with the
+/// worker's retry policy and time limit for that kind.
+async fn chord(
+    registry: Registry,
+    cfg: Config,
+    job_id: String,
+    kind: String,
+    payload: Value,
+    done: mpsc::Sender<Gathered>,
+) {
+    let outcome = match registry.get(&kind) {
+        None => Err(format!(
+            "gather callback: unknown kind `{kind}`; this worker runs: {}",
+            registry.kinds().join(", ")
+        )),
+        Some(handler) => {
+            let policy = RetryPolicy::for_task(&cfg.worker, &Task::new(kind.clone(), Value::Null));
+            let limit = cfg
+                .worker
+                .kinds
+                .get(&kind)
+                .and_then(|k| k.timeout_ms)
+                .or(cfg.worker.timeout_ms)
+                .map(Duration::from_millis);
+            let mut attempt = 1;
+            loop {
+                let ctx = TaskContext {
+                    id: format!("{job_id}/gather"),
+                    kind: kind.clone(),
+                    payload: payload.clone(),
+                    attempt,
+                    key: None,
+                    job: None,
+                };
+                let run = AssertUnwindSafe(handler.handle(ctx)).catch_unwind();
+                let ran = match limit {
+                    Some(l) => tokio::time::timeout(l, run).await.unwrap_or_else(|_| {
+                        Ok(Err(HandlerError::retryable(format!(
+                            "timed out after {} ms",
+                            l.as_millis()
+                        ))))
+                    }),
+                    None => run.await,
+                };
+                let err = match ran {
+                    Ok(Ok(v)) => break Ok(v),
+                    Ok(Err(HandlerError::Permanent(e))) => break Err(e),
+                    Ok(Err(HandlerError::Retryable(e))) => e,
+                    Err(_) => "handler panicked".to_string(),
+                };
+                if !policy.allows_after(attempt) {
+                    break Err(err);
+                }
+                tokio::time::sleep(policy.backoff(attempt, rand::random())).await;
+                attempt += 1;
+            }
+            .map_err(|e| format!("gather callback `{kind}` failed (attempt {attempt}): {e}"))
+        }
+    };
+    let _ = done.send((job_id, outcome)).await;
+}
