@@ -13,7 +13,7 @@
 //!   first, then kinds in the order they arrive); later ones are counted as
 //!   [`OTHER_KIND`]. Records that are not tasks count as [`UNREADABLE_KIND`].
 //! - `status` is one of the four result statuses, `event` is `assigned` or
-//!   `revoked`.
+//!   `revoked`, `state` (of a job) is `succeeded` or `failed`.
 //! - `topic`/`partition` name only partitions assigned to this worker, and
 //!   `broker` the brokers of the cluster.
 //! - No metric carries the worker id: Prometheus adds `instance` to every series.
@@ -85,6 +85,8 @@ pub struct Metrics {
     commit_duration: Histogram,
     commit_failures: IntCounter,
     publish: publish::PublishMetrics,
+    jobs_gathered: IntCounterVec,
+    jobs_open: IntGauge,
     stats: statistics::StatsGauges,
     /// Label sets set by the last statistics report, to drop the ones that vanish.
     stats_seen: Mutex<statistics::Seen>,
@@ -257,6 +259,15 @@ impl Metrics {
             "Offset commits that failed, periodic (auto-commit) or synchronous; their tasks run again if no later commit succeeds.",
         );
         let publish = publish::PublishMetrics::register(&mut b);
+        let jobs_gathered = b.counter_vec(
+            "sluice_jobs_gathered_total",
+            "Job results this worker's gatherer published, by state (succeeded, failed).",
+            &["state"],
+        );
+        let jobs_open = b.gauge(
+            "sluice_jobs_open",
+            "Jobs with sub-task results on this worker's gather partitions and no job result yet.",
+        );
         let stats = statistics::StatsGauges {
             partition_lag: b.gauge_vec(
                 "sluice_partition_lag_records",
@@ -304,6 +315,8 @@ impl Metrics {
             commit_duration,
             commit_failures,
             publish,
+            jobs_gathered,
+            jobs_open,
             stats,
             stats_seen: Mutex::default(),
         }
@@ -423,6 +436,19 @@ impl Metrics {
     /// A periodic auto-commit failed.
     pub fn commit_failed(&self) {
         self.commit_failures.inc();
+    }
+
+    /// The gatherer published a job result; `open` jobs remain on its partitions.
+    pub fn job_gathered(&self, state: crate::job::JobState, open: usize) {
+        self.jobs_gathered
+            .with_label_values(&[&state.to_string()])
+            .inc();
+        self.jobs_open.set(open as i64);
+    }
+
+    /// The gatherer's count of open jobs changed (a job started, or partitions moved).
+    pub fn jobs_open(&self, open: usize) {
+        self.jobs_open.set(open as i64);
     }
 }
 

@@ -396,7 +396,7 @@ fn the_compose_file_has_the_services_the_readme_uses() {
     // The topics the workers use are the ones the `topics` service creates.
     let create = services["topics"]["command"][0].as_str().unwrap();
     let cfg = config();
-    for key in ["tasks", "results"] {
+    for key in ["tasks", "results", "jobs"] {
         let topic = cfg["topics"][key].as_str().unwrap();
         assert!(create.contains(topic), "`topics` does not create {topic}");
     }

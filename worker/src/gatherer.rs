@@ -33,9 +33,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_common::job::{GatherSpec, JobRecord, JobResult, Manifest, Tally, Verdict};
 use sluice_common::kafka::{self, ProducerStats, QuietContext};
-use sluice_common::{Config, Task, TaskResult};
+use sluice_common::{Config, Metrics, Task, TaskResult};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,7 @@ pub(crate) struct Gatherer {
     pub registry: Registry,
     pub producer: FutureProducer<ProducerStats>,
     pub worker_id: String,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A job with results on one of this gatherer's partitions and no job result yet.
@@ -133,6 +135,7 @@ impl Gatherer {
                 }
                 _ = tick.tick() => {
                     forget_lost_partitions(&mut st, &results, &cfg.topics.results);
+                    self.metrics.jobs_open(st.open.len());
                     store_offsets(&st, &results, &cfg.topics.results);
                     vec![]
                 }
@@ -300,6 +303,7 @@ impl Gatherer {
         }
         tracing::info!(job.id = %job.job_id, state = %job.state, succeeded = job.succeeded, failed = job.failed, "job gathered");
         finish(st, &job.job_id);
+        self.metrics.job_gathered(job.state, st.open.len());
     }
 }
 
@@ -319,18 +323,32 @@ fn forget_lost_partitions(st: &mut State, results: &StreamConsumer<QuietContext>
     st.positions.retain(|p, _| owned(*p));
 }
 
-/// Stores, per partition, the offset below which every job is finished.
+/// Per partition read so far, the offset below which every job is finished: the
+/// first result of the oldest open job, else the next offset to read.
+fn safe_offsets(st: &State) -> Vec<(i32, i64)> {
+    let mut out: Vec<(i32, i64)> = st
+        .positions
+        .iter()
+        .map(|(p, next)| {
+            let keep_from = st
+                .open
+                .values()
+                .filter(|o| o.partition == *p)
+                .map(|o| o.first_offset)
+                .min()
+                .unwrap_or(*next);
+            (*p, keep_from.min(*next))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Stores the [`safe_offsets`] for the next commit.
 fn store_offsets(st: &State, results: &StreamConsumer<QuietContext>, topic: &str) {
     let mut tpl = TopicPartitionList::new();
-    for (p, next) in &st.positions {
-        let keep_from = st
-            .open
-            .values()
-            .filter(|o| o.partition == *p)
-            .map(|o| o.first_offset)
-            .min()
-            .unwrap_or(*next);
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(keep_from));
+    for (p, offset) in safe_offsets(st) {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(offset));
     }
     if tpl.count() > 0 {
         if let Err(e) = results.store_offsets(&tpl) {
@@ -399,4 +417,36 @@ async fn chord(
         }
     };
     let _ = done.send((job_id, outcome)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(partition: i32, first_offset: i64) -> OpenJob {
+        OpenJob {
+            partition,
+            first_offset,
+            tally: Tally::new(1),
+            gathering: false,
+        }
+    }
+
+    #[test]
+    fn offsets_stay_below_the_first_result_of_every_open_job() {
+        let mut st = State::default();
+        st.positions.insert(0, 100);
+        st.positions.insert(1, 50);
+        st.positions.insert(2, 7);
+        st.open.insert("a".into(), open(0, 40));
+        st.open.insert("b".into(), open(0, 12));
+        st.open.insert("c".into(), open(1, 49));
+        // Partition 0 keeps job b's results, 1 keeps c's, 2 has no open job.
+        assert_eq!(safe_offsets(&st), vec![(0, 12), (1, 49), (2, 7)]);
+        finish(&mut st, "b");
+        assert_eq!(safe_offsets(&st)[0], (0, 40));
+        finish(&mut st, "a");
+        assert_eq!(safe_offsets(&st)[0], (0, 100));
+        assert!(st.finished.contains("a") && st.finished.contains("b"));
+    }
 }

@@ -148,6 +148,7 @@ pub async fn run_with(
             registry: registry.clone(),
             producer: producer.clone(),
             worker_id: worker_id.clone(),
+            metrics: metrics.clone(),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
