@@ -131,7 +131,7 @@ impl fmt::Display for Status {
     }
 }
 
-/// The outcome of one task, as carried on the results topic (key = task id).
+/// The outcome of one task, as carried on the results topic (key: see [`TaskResult::key`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     /// The task's id (derived from its coordinates when it had none).
@@ -352,6 +352,33 @@ mod tests {
         assert!(v.get("output").is_none());
         let back: TaskResult = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn results_of_a_job_are_keyed_by_job_id() {
+        let mut r = TaskResult {
+            task_id: "j/3".into(),
+            kind: "k".into(),
+            status: Status::Succeeded,
+            output: None,
+            error: None,
+            attempts: 1,
+            worker: "w".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            created_ms: None,
+            started_ms: 0,
+            finished_ms: 0,
+            job: None,
+        };
+        assert_eq!(r.key(), "j/3");
+        r.job = Some(JobRef {
+            id: "j".into(),
+            index: 3,
+            total: 4,
+        });
+        assert_eq!(r.key(), "j");
     }
 
     #[test]

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 /// How long reading a topic may see nothing before it counts as read.
 const IDLE: Duration = Duration::from_secs(5);
+/// How often `--wait` refreshes.
+const POLL: Duration = Duration::from_millis(200);
+/// How long `--wait` lets a job with every sub-task ended go without a result
+/// before saying what may be wrong.
+const NO_RESULT_HINT: Duration = Duration::from_secs(10);
 
 pub async fn run(command: JobCommand, cfg: Config) -> anyhow::Result<ExitCode> {
     match command {
@@ -63,8 +68,11 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let bar = bar(manifest.total, "running");
+    // When every sub-task has ended but no job result follows, say what may be wrong.
+    let mut all_ended: Option<Instant> = None;
+    let mut hinted = false;
     let last = loop {
-        watch.poll(Duration::from_millis(200)).await;
+        watch.poll(POLL).await;
         let Some(s) = watch.book().status(&id) else {
             continue;
         };
@@ -75,6 +83,18 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         ));
         if s.finished() {
             break s;
+        }
+        if s.running == 0 {
+            let since = *all_ended.get_or_insert_with(Instant::now);
+            if since.elapsed() >= NO_RESULT_HINT && !hinted {
+                hinted = true;
+                bar.suspend(|| {
+                    eprintln!(
+                        "sluice job: every sub-task has ended but there is no job result after {}s: a chord callback may still run, or no worker of the group runs the gatherer (worker.gatherer)",
+                        NO_RESULT_HINT.as_secs()
+                    )
+                });
+            }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             bar.finish_and_clear();
