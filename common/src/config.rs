@@ -613,6 +613,21 @@ mod tests {
     }
 
     #[test]
+    fn the_jobs_topic_has_a_default_and_its_own_name() {
+        let cfg = Config::default();
+        assert_eq!(cfg.topics.jobs, "sluice.jobs");
+        assert!(cfg.worker.gatherer);
+        assert_eq!(cfg.worker.gather_group(), "sluice-workers.gather");
+        let e = Config::load(None, env(&[("SLUICE_TOPICS__JOBS", "sluice.results")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`sluice.results` is used for two purposes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn librdkafka_options_pass_through_and_stay_out_of_debug() {
         let f = toml("[kafka.librdkafka_options]\n\"sasl.password\" = \"hunter2\"\n");
         let cfg = Config::load(Some(f.path()), vec![]).unwrap();

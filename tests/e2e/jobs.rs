@@ -223,7 +223,6 @@ fn failure_policies_and_gather_callbacks() {
         "\"now\"\n{\"ms\":4000}\n{\"ms\":4000}\n{\"ms\":4000}\n",
     )
     .unwrap();
-    let started = Instant::now();
     let (ok, s) = submit(
         &env,
         &[
@@ -238,11 +237,8 @@ fn failure_policies_and_gather_callbacks() {
     assert_eq!(s["state"], "failed", "{s}");
     assert_eq!(s["failed"], json!(1));
     assert_eq!(s["failures"][0]["index"], json!(0));
-    assert!(
-        started.elapsed() < Duration::from_millis(3500),
-        "fail fast did not wait for the 4 s sub-tasks: {:?}",
-        started.elapsed()
-    );
+    // Decided before any 4 s sub-task could end (they started after submission).
+    assert_eq!(s["succeeded"], json!(0), "fail fast waited: {s}");
 
     // A chord callback runs on a worker over the collected outputs...
     let (ok, s) = submit(

@@ -52,7 +52,9 @@ impl Tally {
     /// Returns whether it counted.
     pub fn record(&mut self, r: &TaskResult) -> bool {
         let Some(job) = &r.job else { return false };
-        if job.index >= self.total || self.subs.contains_key(&job.index) {
+        // A result whose total disagrees was not published by this job's submitter.
+        if job.total != self.total || job.index >= self.total || self.subs.contains_key(&job.index)
+        {
             return false;
         }
         if r.status != Status::Succeeded {
@@ -206,6 +208,12 @@ mod tests {
             !t.record(&result(7, Status::Succeeded, json!(5))),
             "index out of range"
         );
+        let mut other = result(2, Status::Succeeded, json!(5));
+        other.job.as_mut().unwrap().total = 9;
+        assert!(
+            !t.record(&other),
+            "a different total is another job's record"
+        );
         assert!(t.record(&result(0, Status::Succeeded, json!(2))));
         assert_eq!(
             (t.done(), t.failed(), t.succeeded(), t.running()),
@@ -247,10 +255,11 @@ mod tests {
             matches!(t.verdict(&lenient), Verdict::Fail(_)),
             "2 failures > 1"
         );
-        let mut ok = Tally::new(2);
+        let mut ok = Tally::new(3);
         ok.record(&result(0, Status::Succeeded, json!(1)));
+        ok.record(&result(1, Status::Succeeded, json!(1)));
         assert_eq!(ok.verdict(&wait), Verdict::Running);
-        ok.record(&result(1, Status::Expired, Value::Null));
+        ok.record(&result(2, Status::Expired, Value::Null));
         assert_eq!(
             ok.verdict(&FailurePolicy {
                 tolerate: 1,
