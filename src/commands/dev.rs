@@ -39,6 +39,12 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             name: cfg.topics.results.clone(),
             partitions: args.partitions,
         },
+        // Workers consume the retry topic too; created here with as many
+        // partitions, so that a balanced group holds exactly twice as many.
+        TopicSpec {
+            name: cfg.topics.retry_topic(),
+            partitions: args.partitions,
+        },
     ];
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let broker = EmbeddedBroker::start(any_port, &topics, args.partitions)?;
@@ -81,7 +87,8 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             live,
         )));
     }
-    wait_for_balance(&counters, args.partitions as usize).await;
+    // Task and retry topic partitions.
+    wait_for_balance(&counters, 2 * args.partitions as usize).await;
 
     let mut reader = ResultReader::open(&cfg, Start::Beginning).await?;
     let workload = demo_workload(args.tasks);
@@ -309,7 +316,10 @@ async fn wait_for_balance(counters: &[Arc<Counters>], partitions: usize) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("group did not balance within {BALANCE_TIMEOUT:?}; publishing anyway");
+    let held: Vec<usize> = counters.iter().map(|c| c.assigned()).collect();
+    eprintln!(
+        "group did not balance within {BALANCE_TIMEOUT:?} (partitions per worker {held:?}); publishing anyway"
+    );
 }
 
 /// A mixed, deterministic workload: ordered echo tasks per customer key, short
