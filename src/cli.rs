@@ -173,6 +173,13 @@ pub struct JobStatusArgs {
     /// Print the status as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Follow a running job (progress bar) until it has a result; exit 1 when the
+    /// job failed.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// With --wait: give up waiting (exit 1; the job goes on) after this many ms.
+    #[arg(long, requires = "wait")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `sluice job list`.

@@ -64,16 +64,67 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     };
-    let deadline = args
-        .timeout_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
-    let bar = bar(manifest.total, "running");
+    let Some(last) = follow(watch, &id, manifest.total, args.timeout_ms).await else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&last)?);
+    } else {
+        eprint!("{}", summary(&last));
+        if let Some(out) = &last.output {
+            println!("{out}");
+        }
+    }
+    Ok(exit_code(&last))
+}
+
+async fn status(args: JobStatusArgs, cfg: Config) -> anyhow::Result<ExitCode> {
+    let mut watch = JobWatch::open(&cfg, Some(args.id.clone()), Start::Beginning).await?;
+    watch.read_to_end(IDLE).await;
+    let Some(mut s) = watch.book().status(&args.id) else {
+        eprintln!(
+            "sluice job: no job `{}` on {} (nor results of its sub-tasks on {})",
+            args.id, cfg.topics.jobs, cfg.topics.results
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.wait && !s.finished() {
+        match follow(&mut watch, &args.id, s.total, args.timeout_ms).await {
+            Some(last) => s = last,
+            None => return Ok(ExitCode::FAILURE),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        print!("{}", summary(&s));
+        if let Some(out) = &s.output {
+            println!("output: {out}");
+        }
+    }
+    Ok(if args.wait {
+        exit_code(&s)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Shows progress of job `id` until it has a result (`None`, with a message,
+/// when `timeout_ms` passed first).
+async fn follow(
+    watch: &mut JobWatch,
+    id: &str,
+    total: u64,
+    timeout_ms: Option<u64>,
+) -> Option<JobStatus> {
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let bar = bar(total, "running");
     // When every sub-task has ended but no job result follows, say what may be wrong.
     let mut all_ended: Option<Instant> = None;
     let mut hinted = false;
-    let last = loop {
+    loop {
         watch.poll(POLL).await;
-        let Some(s) = watch.book().status(&id) else {
+        let Some(s) = watch.book().status(id) else {
             continue;
         };
         bar.set_position(s.succeeded + s.failed);
@@ -82,7 +133,8 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             s.succeeded, s.failed, s.running
         ));
         if s.finished() {
-            break s;
+            bar.finish_and_clear();
+            return Some(s);
         }
         if s.running == 0 {
             let since = *all_ended.get_or_insert_with(Instant::now);
@@ -100,45 +152,14 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             eprintln!(
                 "sluice job: stopped waiting after {} ms: {} of {} sub-tasks done, {} failed; the job goes on (sluice job status {id})",
-                args.timeout_ms.unwrap_or_default(),
+                timeout_ms.unwrap_or_default(),
                 s.succeeded + s.failed,
                 s.total,
                 s.failed
             );
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string(&last)?);
-    } else {
-        eprint!("{}", summary(&last));
-        if let Some(out) = &last.output {
-            println!("{out}");
+            return None;
         }
     }
-    Ok(exit_code(&last))
-}
-
-async fn status(args: JobStatusArgs, cfg: Config) -> anyhow::Result<ExitCode> {
-    let mut watch = JobWatch::open(&cfg, Some(args.id.clone()), Start::Beginning).await?;
-    watch.read_to_end(IDLE).await;
-    let Some(s) = watch.book().status(&args.id) else {
-        eprintln!(
-            "sluice job: no job `{}` on {} (nor results of its sub-tasks on {})",
-            args.id, cfg.topics.jobs, cfg.topics.results
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        print!("{}", summary(&s));
-        if let Some(out) = &s.output {
-            println!("output: {out}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn list(args: JobListArgs, cfg: Config) -> anyhow::Result<ExitCode> {

@@ -124,6 +124,11 @@ impl JobBook {
         }
     }
 
+    /// Whether some job is known and every known job has a result.
+    pub fn all_finished(&self) -> bool {
+        !self.jobs.is_empty() && self.jobs.values().all(|v| v.result.is_some())
+    }
+
     /// The status of job `id`, when anything is known of it.
     pub fn status(&self, id: &str) -> Option<JobStatus> {
         let v = self.jobs.get(id)?;
@@ -212,9 +217,14 @@ impl JobWatch {
     }
 
     /// Reads both topics up to their ends (or until nothing arrives for `idle`).
+    /// The results topic is skipped when every job read has a result already:
+    /// then sub-task results change nothing that is shown.
     pub async fn read_to_end(&mut self, idle: Duration) {
         while let Step::Record(m) = self.jobs.next(idle).await {
             self.job_record(m.payload());
+        }
+        if self.book.all_finished() {
+            return;
         }
         loop {
             match self.results.next(idle).await {
@@ -244,5 +254,108 @@ impl JobWatch {
         if let Err(e) = self.book.on_job_record(payload.unwrap_or_default()) {
             tracing::warn!(error = %e, "skipping a record on the jobs topic");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sluice_common::job::{FailurePolicy, GatherSpec, JobState};
+    use sluice_common::{JobRef, Status};
+
+    fn manifest(id: &str, total: u64) -> Vec<u8> {
+        JobRecord::Manifest(Manifest {
+            job_id: id.into(),
+            kind: "square".into(),
+            total,
+            split: format!("range:1..{total}"),
+            gather: GatherSpec::Sum,
+            failure: FailurePolicy::default(),
+            task_topic: "t".into(),
+            submitted_ms: 10,
+        })
+        .encode()
+    }
+
+    fn result(job: &str, index: u64, total: u64, status: Status) -> TaskResult {
+        TaskResult {
+            task_id: format!("{job}/{index}"),
+            kind: "square".into(),
+            status,
+            output: Some(json!(index)),
+            error: (status != Status::Succeeded).then(|| "boom".into()),
+            attempts: 1,
+            worker: "w".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            created_ms: None,
+            started_ms: 0,
+            finished_ms: 0,
+            job: Some(JobRef {
+                id: job.into(),
+                index,
+                total,
+            }),
+        }
+    }
+
+    fn ended(id: &str, output: i64, by: &str) -> Vec<u8> {
+        JobRecord::Result(JobResult {
+            job_id: id.into(),
+            kind: "square".into(),
+            total: 2,
+            state: JobState::Succeeded,
+            succeeded: 2,
+            failed: 0,
+            failures: vec![],
+            output: Some(json!(output)),
+            error: None,
+            gathered_by: by.into(),
+            finished_ms: 20,
+        })
+        .encode()
+    }
+
+    #[test]
+    fn a_running_job_shows_its_tally_and_a_finished_one_its_first_result() {
+        let mut book = JobBook::new(None);
+        book.on_job_record(&manifest("a", 2)).unwrap();
+        book.on_result(&result("a", 0, 2, Status::Failed));
+        book.on_result(&result("a", 0, 2, Status::Succeeded));
+        book.on_result(&result("other", 0, 1, Status::Succeeded));
+        book.on_result(&result("plain", 0, 1, Status::Succeeded));
+        let s = book.status("a").unwrap();
+        assert_eq!(
+            (s.state.as_str(), s.succeeded, s.failed, s.running),
+            ("running", 0, 1, 1)
+        );
+        assert_eq!(s.failures[0].error, "boom");
+        assert!(!book.all_finished());
+
+        book.on_job_record(&ended("a", 1, "w1")).unwrap();
+        book.on_job_record(&ended("a", 99, "w2")).unwrap();
+        let s = book.status("a").unwrap();
+        assert_eq!(s.state, "succeeded");
+        assert_eq!(
+            (s.output, s.gathered_by.as_deref()),
+            (Some(json!(1)), Some("w1"))
+        );
+        assert_eq!(s.submitted_ms, Some(10));
+        // Jobs without a manifest are not listed.
+        assert_eq!(book.list().len(), 1);
+        assert!(book.on_job_record(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_book_for_one_job_ignores_the_others() {
+        let mut book = JobBook::new(Some("a".into()));
+        book.on_job_record(&manifest("b", 2)).unwrap();
+        book.on_result(&result("b", 0, 2, Status::Succeeded));
+        assert!(book.status("b").is_none());
+        assert!(!book.all_finished(), "nothing known of `a`: keep reading");
+        book.on_job_record(&ended("a", 1, "w1")).unwrap();
+        assert!(book.all_finished());
     }
 }
