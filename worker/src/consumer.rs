@@ -4,8 +4,9 @@
 //! `max.poll.interval.ms` depend on it), and rebalance callbacks run inside that
 //! poll. So the consumer lives on a dedicated OS thread that never waits on task
 //! execution: records go out over a bounded channel, completions come back over
-//! another, and when too many tasks are buffered the thread pauses its partitions
-//! and keeps polling instead of blocking.
+//! another. When too many tasks are buffered the thread waits for completions
+//! instead of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
+//! partitions and keeps polling instead of blocking.
 //!
 //! Offsets: a record's offset is stored (for the next auto-commit) only when the
 //! [`OffsetTracker`] says every earlier offset of its partition is done; on revoke
@@ -353,6 +354,14 @@ fn render(tps: &[Tp]) -> String {
     v.join(",")
 }
 
+/// How long the buffer may stay full without a single task finishing before the
+/// poll thread pauses its partitions and goes back to polling. Until then it
+/// waits for completions without polling, which delays rebalance callbacks (not
+/// heartbeats, which librdkafka sends from its own thread) by at most this long.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// How long one wait for room in a full buffer lasts.
+const FULL_WAIT: Duration = Duration::from_millis(5);
+
 /// How long the final commit may wait for the coordinator.
 const FINAL_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
@@ -378,6 +387,7 @@ pub(crate) fn poll_loop(
 ) -> PollReport {
     let ctx = consumer.context().clone();
     let mut paused = false;
+    let mut full_since: Option<Instant> = None;
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.is_cancelled() {
         ctx.absorb(&consumer, Duration::ZERO);
@@ -385,7 +395,12 @@ pub(crate) fn poll_loop(
             let mut st = ctx.state();
             (st.handed_out, std::mem::take(&mut st.assignment_changed))
         };
-        if in_flight >= limits.max_buffered && (!paused || changed) {
+        let full = in_flight >= limits.max_buffered;
+        if !full {
+            full_since = None;
+        }
+        let stalled = full && full_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER;
+        if stalled && (!paused || changed) {
             set_paused(&consumer, true);
             paused = true;
         } else if paused && in_flight <= limits.max_buffered / 2 {
@@ -400,6 +415,15 @@ pub(crate) fn poll_loop(
         let held = ctx.admission.counters.assigned();
         ctx.metrics
             .poll_state(in_flight, if paused { held } else { 0 });
+        if full && !paused {
+            // Full, but tasks are finishing: wait for room rather than pausing.
+            // A pause throws away what librdkafka prefetched, and a resumed
+            // partition fetches again only at its broker thread's next fetch
+            // decision, up to a second later (measured: saturated workers ran in
+            // one burst per second).
+            ctx.absorb(&consumer, FULL_WAIT);
+            continue;
+        }
         let wait = if paused { 5 } else { 50 };
         let polled = consumer.poll(Duration::from_millis(wait));
         ctx.health.polled();

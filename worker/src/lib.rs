@@ -16,8 +16,9 @@
 //! (`consumer`); records flow to ordering lanes (`lanes`) which run them under a
 //! concurrency limit (`execute`); completions
 //! flow back to the poll thread, whose [`tracker`] decides what may be committed.
-//! When too many tasks are buffered the poll thread pauses its partitions but keeps
-//! polling, so slow tasks never push a worker out of its group.
+//! When too many tasks are buffered the poll thread waits for some to finish; when
+//! none does for a while it pauses its partitions but keeps polling, so slow tasks
+//! never push a worker out of its group.
 //!
 //! Beside that pipeline, a job gatherer (`gatherer`) reads the results topic in
 //! its own consumer group and turns the results of each job's sub-tasks into the
