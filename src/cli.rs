@@ -47,6 +47,9 @@ pub enum Command {
     Job(JobCommand),
     /// Start a broker and workers, run a demo workload, print a summary.
     Dev(DevArgs),
+    /// Measure the whole pipeline against a raw librdkafka pipe in the same run
+    /// (embedded broker unless --brokers is given); see docs/BENCHMARKS.md.
+    Bench(BenchArgs),
     /// Ask a worker on this machine whether it is ready (exit 0) or not (exit 1),
     /// for container health checks.
     Health(HealthArgs),
@@ -347,6 +350,93 @@ pub struct DevArgs {
     pub job: u64,
 }
 
+/// `sluice bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run, in this order (default: all four).
+    #[arg(long = "scenario", value_enum, num_args = 1.., default_values_t = [ScenarioArg::Saturation, ScenarioArg::Latency, ScenarioArg::ScaleOut, ScenarioArg::AddWorker])]
+    pub scenarios: Vec<ScenarioArg>,
+    /// Tasks per saturation run (each of Sluice and the baseline).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub tasks: usize,
+    /// Task kind of the saturation and latency scenarios.
+    #[arg(long, value_enum, default_value_t = BenchKindArg::Noop)]
+    pub kind: BenchKindArg,
+    /// Handler time of `sleep` tasks, and of the scale-out and add-worker scenarios.
+    #[arg(long, default_value_t = 1)]
+    pub task_ms: u64,
+    /// Loop iterations of `cpu` tasks.
+    #[arg(long, default_value_t = 10_000)]
+    pub cpu_iterations: u64,
+    /// Size of each task record's value in bytes (padded; at least the bare task).
+    #[arg(long, default_value_t = 128)]
+    pub payload_bytes: usize,
+    /// Partitions of every task and result topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Workers (in this process) of the saturation and latency scenarios.
+    #[arg(long, short = 'w', default_value_t = 1)]
+    pub workers: usize,
+    /// Concurrency of each worker in the saturation and latency scenarios.
+    #[arg(long, short = 'j', default_value_t = 256)]
+    pub concurrency: usize,
+    /// Concurrency of each worker in the scale-out and add-worker scenarios,
+    /// where it sets the bound (workers x concurrency / task time).
+    #[arg(long, default_value_t = 8)]
+    pub scale_concurrency: usize,
+    /// Offered rate of the saturation scenario in tasks/s (open loop); absent: as
+    /// fast as the producer can go.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of load per level in the latency scenario and per run of the
+    /// scale-out and add-worker scenarios.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Client settings of both Sluice and the baseline.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Throughput)]
+    pub profile: ProfileArg,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Set from the global --brokers: measure on that cluster instead of an
+    /// embedded broker.
+    #[arg(skip)]
+    pub external_brokers: bool,
+}
+
+/// `sluice bench --scenario`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioArg {
+    /// No-op tasks as fast as possible: throughput and CPU per task.
+    Saturation,
+    /// Latency at 10, 50 and 80 % of the saturation throughput.
+    Latency,
+    /// 1, 2 and 4 workers on sleep tasks against the concurrency / task-time bound.
+    ScaleOut,
+    /// A second worker joins under load: throughput over time, time to its first task.
+    AddWorker,
+}
+
+/// `sluice bench --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchKindArg {
+    /// Returns at once.
+    Noop,
+    /// Sleeps --task-ms.
+    Sleep,
+    /// Spins --cpu-iterations on the blocking pool.
+    Cpu,
+}
+
+/// `sluice bench --profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// Batching: producer linger 5 ms, fetch waits up to 100 ms.
+    Throughput,
+    /// No linger, fetch waits of 1 ms.
+    LowLatency,
+}
+
 /// `--ordering`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OrderingArg {
@@ -377,6 +467,14 @@ pub enum LogFormatArg {
 }
 
 impl Cli {
+    /// Tells subcommands what only the global flags know.
+    pub fn resolve(mut self) -> Self {
+        if let Command::Bench(b) = &mut self.command {
+            b.external_brokers = self.brokers.is_some();
+        }
+        self
+    }
+
     /// Applies flags over the loaded configuration.
     pub fn apply(&self, cfg: &mut Config) {
         if let Some(b) = &self.brokers {
@@ -424,8 +522,15 @@ impl Cli {
             }
             // `dev` prints its own summary; task failures it provokes on purpose
             // are not news. RUST_LOG still overrides this.
-            Command::Dev(_) if cfg.log == Default::default() => cfg.log.level = "error".into(),
-            Command::Broker(_) | Command::Dev(_) | Command::Health(_) | Command::Job(_) => {}
+            // In a measurement every log line is noise and cost, too.
+            Command::Dev(_) | Command::Bench(_) if cfg.log == Default::default() => {
+                cfg.log.level = "error".into()
+            }
+            Command::Broker(_)
+            | Command::Dev(_)
+            | Command::Bench(_)
+            | Command::Health(_)
+            | Command::Job(_) => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `run(args, cfg)`.
 
+mod bench;
 mod broker;
 mod dev;
 mod dlq;
@@ -25,6 +26,7 @@ pub async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Dlq(c) => dlq::run(c, cfg).await,
         Command::Job(c) => job::run(c, cfg).await,
         Command::Dev(a) => dev::run(a, cfg).await,
+        Command::Bench(a) => bench::run(a, cfg).await,
         Command::Health(a) => health::run(a, cfg).await,
     }
 }

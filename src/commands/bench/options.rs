@@ -1,0 +1,153 @@
+//! What a bench run measures with: the task workload and the client profile,
+//! checked once and applied to the configuration both pipelines share.
+
+use crate::cli::{BenchArgs, BenchKindArg, ProfileArg};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sluice_common::config::{GroupProtocol, Ordering};
+use sluice_common::task::now_ms;
+use sluice_common::{Config, Task};
+
+/// The work each task asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    /// Returns at once.
+    Noop,
+    /// Sleeps this long.
+    Sleep {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Spins this many iterations.
+    Cpu {
+        /// Iterations.
+        iterations: u64,
+    },
+}
+
+impl Work {
+    pub fn from_args(args: &BenchArgs) -> Work {
+        match args.kind {
+            BenchKindArg::Noop => Work::Noop,
+            BenchKindArg::Sleep => Work::Sleep { ms: args.task_ms },
+            BenchKindArg::Cpu => Work::Cpu {
+                iterations: args.cpu_iterations,
+            },
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Work::Noop => "noop",
+            Work::Sleep { .. } => "sleep",
+            Work::Cpu { .. } => "cpu",
+        }
+    }
+
+    fn payload(self) -> Value {
+        match self {
+            Work::Noop => json!({}),
+            Work::Sleep { ms } => json!({ "ms": ms }),
+            Work::Cpu { iterations } => json!({ "iterations": iterations }),
+        }
+    }
+
+    /// The task record value of task `id`: a wire-v1 task padded to
+    /// `payload_bytes` when the bare task is smaller.
+    pub fn record(self, id: String, payload_bytes: usize) -> Vec<u8> {
+        let mut task = Task::new(self.kind(), self.payload());
+        task.id = Some(id);
+        task.created_ms = Some(now_ms());
+        let bare = task.encode();
+        task.payload["pad"] = Value::String(String::new());
+        let padded = task.encode().len();
+        if payload_bytes <= padded {
+            return bare;
+        }
+        task.payload["pad"] = Value::String("x".repeat(payload_bytes - padded));
+        task.encode()
+    }
+}
+
+/// Client settings of both pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Producer linger 5 ms, fetch waits up to 100 ms.
+    Throughput,
+    /// No linger, fetch waits of 1 ms.
+    LowLatency,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Throughput => Profile::Throughput,
+            ProfileArg::LowLatency => Profile::LowLatency,
+        }
+    }
+}
+
+impl Profile {
+    /// Sets the profile's client settings and what every bench worker shares.
+    pub fn apply(self, cfg: &mut Config) {
+        let (linger_ms, fetch_wait_max_ms) = match self {
+            Profile::Throughput => (5, 100),
+            Profile::LowLatency => (0, 1),
+        };
+        cfg.producer.linger_ms = linger_ms;
+        cfg.kafka.fetch_wait_max_ms = fetch_wait_max_ms;
+        // Tasks carry unique keys (their ids, so the baseline can echo them
+        // without parsing); ordering by key would give each its own lane for nothing.
+        cfg.worker.ordering = Ordering::None;
+        // Several workers share this process; an endpoint each would only take ports.
+        cfg.metrics.enabled = false;
+    }
+}
+
+/// Checks the arguments and prepares the shared configuration.
+pub fn prepare(args: &BenchArgs, cfg: &mut Config) -> anyhow::Result<()> {
+    anyhow::ensure!(args.tasks > 0, "--tasks must be at least 1");
+    anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
+    anyhow::ensure!(
+        args.workers > 0 && args.concurrency > 0 && args.scale_concurrency > 0,
+        "--workers, --concurrency and --scale-concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        args.rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "--rate must be a positive number of tasks per second"
+    );
+    anyhow::ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be positive"
+    );
+    anyhow::ensure!(
+        args.task_ms > 0 || !matches!(args.kind, BenchKindArg::Sleep),
+        "--task-ms must be at least 1 for sleep tasks"
+    );
+    Profile::from(args.profile).apply(cfg);
+    if !args.external_brokers {
+        // KIP-848: members join without a group-wide barrier (the embedded broker
+        // supports it), so adding a worker never stops the others.
+        cfg.worker.group_protocol = GroupProtocol::Consumer;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_tasks_padded_to_the_asked_size() {
+        let r = Work::Sleep { ms: 1 }.record("bench-1".into(), 300);
+        assert_eq!(r.len(), 300);
+        let t = Task::decode(Some(&r), 1 << 20).unwrap();
+        assert_eq!(t.kind, "sleep");
+        assert_eq!(t.payload["ms"], 1);
+        assert_eq!(t.id.as_deref(), Some("bench-1"));
+        let small = Work::Noop.record("x".into(), 1);
+        assert!(Task::decode(Some(&small), 1 << 20).is_ok());
+    }
+}
