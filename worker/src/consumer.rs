@@ -3,8 +3,8 @@
 //! librdkafka expects one thread to keep polling (heartbeats, rebalances and
 //! `max.poll.interval.ms` depend on it), and rebalance callbacks run inside that
 //! poll. So the consumer lives on a dedicated OS thread that never waits on task
-//! execution: records go out over a bounded channel, completions come back over
-//! another. When too many tasks are buffered the thread waits for completions
+//! execution: it hands each record to the lanes, which start it as a task
+//! (never blocking), and completions come back over a channel. When too many tasks are buffered the thread waits for completions
 //! instead of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
 //! partitions and keeps polling instead of blocking.
 //!
@@ -29,8 +29,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::metrics::Rebalance as RebalanceEvent;
 use sluice_common::{Health, Metrics};
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,9 @@ struct PollState {
     handed_out: usize,
     next_epoch: u64,
     assignment_changed: bool,
+    /// Partitions whose position may have moved since offsets were last stored.
+    unstored: Vec<Tp>,
+    last_store: Instant,
 }
 
 /// The consumer context: rebalance callbacks with access to the tracker.
@@ -73,10 +76,9 @@ pub(crate) struct WorkerContext {
     drain_timeout: Duration,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    /// Commit callbacks seen, and whether the last one succeeded: how the bounded
-    /// final commit learns that its asynchronous commit finished.
-    commits_seen: AtomicU64,
-    last_commit_ok: AtomicBool,
+    /// The last position Kafka confirmed per partition (auto-commit callbacks and
+    /// synchronous commits): how the bounded final commit learns it is done.
+    confirmed: Mutex<HashMap<Tp, i64>>,
     /// Set before the final unsubscribe: the revoke it causes must not commit
     /// synchronously again (with the broker gone, that would wait forever).
     leaving: AtomicBool,
@@ -97,20 +99,26 @@ impl WorkerContext {
                 handed_out: 0,
                 next_epoch: 1,
                 assignment_changed: false,
+                unstored: Vec::new(),
+                last_store: Instant::now(),
             }),
             admission,
             drain_timeout,
             metrics,
             health,
-            commits_seen: AtomicU64::new(0),
-            last_commit_ok: AtomicBool::new(false),
+            confirmed: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
         }
     }
 
-    /// The shutdown commit: asynchronous, then polled for up to `limit`, because a
-    /// synchronous commit has no timeout and never returns when the coordinator
-    /// is gone. Returns whether Kafka confirmed it.
+    /// The shutdown commit, bounded by `limit`: a synchronous commit has no
+    /// timeout and never returns when the coordinator is gone. The final positions
+    /// are stored and the next auto-commit (every `commit_interval_ms`) carries
+    /// them; its callback confirms them. (A manual asynchronous commit would not
+    /// do: librdkafka reports its outcome only to a configured commit callback or
+    /// queue, neither of which the event API that rdkafka uses sets, so it was
+    /// never confirmed and every shutdown waited the whole limit.) Returns whether
+    /// Kafka confirmed every position.
     fn commit_bounded(
         &self,
         consumer: &BaseConsumer<WorkerContext>,
@@ -118,16 +126,15 @@ impl WorkerContext {
         limit: Duration,
     ) -> bool {
         let tpl = self.committable(tps);
-        if tpl.count() == 0 {
+        if self.unconfirmed(&tpl) == 0 {
             return true;
         }
         let started = Instant::now();
-        let seen = self.commits_seen.load(Ordering::SeqCst);
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = consumer.store_offsets(&tpl) {
             tracing::warn!(error = %e, "final commit failed; uncommitted tasks will run again elsewhere");
             return false;
         }
-        while self.commits_seen.load(Ordering::SeqCst) == seen {
+        while self.unconfirmed(&tpl) > 0 {
             if started.elapsed() >= limit {
                 tracing::warn!(waited_ms = limit.as_millis() as u64, "final commit unconfirmed (is the broker down?); uncommitted tasks will run again elsewhere");
                 self.metrics.committed(started.elapsed(), false);
@@ -136,9 +143,36 @@ impl WorkerContext {
             // Partitions are paused: this serves callbacks, it hands out nothing.
             let _ = consumer.poll(Duration::from_millis(20));
         }
-        let ok = self.last_commit_ok.load(Ordering::SeqCst);
-        self.metrics.committed(started.elapsed(), ok);
-        ok
+        self.metrics.committed(started.elapsed(), true);
+        true
+    }
+
+    /// Partitions of `tpl` whose position Kafka has not confirmed yet.
+    fn unconfirmed(&self, tpl: &TopicPartitionList) -> usize {
+        let confirmed = self.confirmed.lock().expect("confirmed lock");
+        tpl.elements()
+            .iter()
+            .filter(|e| {
+                let tp = (e.topic().to_string(), e.partition());
+                match e.offset() {
+                    Offset::Offset(o) => confirmed.get(&tp).is_none_or(|c| *c < o),
+                    _ => false,
+                }
+            })
+            .count()
+    }
+
+    /// Kafka confirmed the positions in `tpl`.
+    fn confirm(&self, tpl: &TopicPartitionList) {
+        let mut confirmed = self.confirmed.lock().expect("confirmed lock");
+        for e in tpl.elements() {
+            if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
+                let c = confirmed
+                    .entry((e.topic().to_string(), e.partition()))
+                    .or_insert(o);
+                *c = (*c).max(o);
+            }
+        }
     }
 
     fn committable(&self, tps: &[Tp]) -> TopicPartitionList {
@@ -159,40 +193,47 @@ impl WorkerContext {
     /// Applies completions and stores offsets that advanced. `wait` bounds how long
     /// to wait for the first completion.
     fn absorb(&self, consumer: &BaseConsumer<WorkerContext>, wait: Duration) {
-        let mut st = self.state();
-        let mut batch = Vec::new();
-        if let Ok(c) = st.completions.recv_timeout(wait) {
-            batch.push(c);
-        }
-        batch.extend(st.completions.try_iter());
-        if batch.is_empty() {
-            return;
-        }
-        let mut touched = HashSet::new();
-        for c in batch {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let first = st.completions.recv_timeout(wait).ok();
+        // One key reused for every lookup: no allocation per completion.
+        let mut tp: Tp = (String::new(), 0);
+        for c in first.into_iter().chain(st.completions.try_iter()) {
             st.handed_out -= 1;
-            let tp = (c.topic.to_string(), c.partition);
+            if *tp.0 != *c.topic {
+                tp.0.clear();
+                tp.0.push_str(&c.topic);
+            }
+            tp.1 = c.partition;
             if let Some(p) = st.tracker.get_mut(&tp, c.epoch) {
                 if c.done {
                     p.finish(c.offset);
                 } else {
                     p.abandon(c.offset);
                 }
-                touched.insert(tp);
+                if st.unstored.last() != Some(&tp) && !st.unstored.contains(&tp) {
+                    st.unstored.push(tp.clone());
+                }
             }
         }
+        // Stored offsets matter only at the next auto-commit (revoke and shutdown
+        // commits read the tracker), so storing is batched.
+        if st.unstored.is_empty() || st.last_store.elapsed() < STORE_EVERY {
+            return;
+        }
+        st.last_store = Instant::now();
         let mut tpl = TopicPartitionList::new();
-        for tp in touched {
-            if let Some(off) = st
+        for tp in st.unstored.drain(..) {
+            let advanced = st
                 .tracker
-                .iter_mut()
-                .find(|(t, _)| **t == tp)
-                .and_then(|(_, p)| p.take_advance())
-            {
+                .epoch(&tp)
+                .and_then(|e| st.tracker.get_mut(&tp, e))
+                .and_then(|p| p.take_advance());
+            if let Some(off) = advanced {
                 let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
             }
         }
-        drop(st);
+        drop(guard);
         if tpl.count() > 0 {
             if let Err(e) = consumer.store_offsets(&tpl) {
                 tracing::warn!(error = %e, "could not store offsets (partition revoked?)");
@@ -231,6 +272,9 @@ impl WorkerContext {
         let started = Instant::now();
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.metrics.committed(started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            self.confirm(&tpl);
+        }
         match result {
             Ok(()) => tracing::debug!(
                 partitions = tpl.count(),
@@ -271,15 +315,10 @@ impl ConsumerContext for WorkerContext {
     // Outcomes of librdkafka's periodic auto-commits (synchronous commits are
     // counted where they are made). "No offset" means there was nothing new to
     // commit, not a failure.
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let ok = matches!(
-            result,
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
-        );
-        self.last_commit_ok.store(ok, Ordering::SeqCst);
-        self.commits_seen.fetch_add(1, Ordering::SeqCst);
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Ok(()) => self.confirm(offsets),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 self.metrics.commit_failed();
                 tracing::debug!(error = %e, "auto-commit failed; the next one carries the same offsets");
@@ -362,6 +401,9 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long one wait for room in a full buffer lasts.
 const FULL_WAIT: Duration = Duration::from_millis(5);
 
+/// Offsets are stored for the next auto-commit at most this often.
+const STORE_EVERY: Duration = Duration::from_millis(10);
+
 /// How long the final commit may wait for the coordinator.
 const FINAL_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
@@ -378,16 +420,20 @@ pub(crate) struct PollReport {
     pub unfinished_at_shutdown: usize,
 }
 
-/// Runs until `stop`, then drains and commits. Owns the consumer.
+/// Runs until `stop`, then drains and commits. Owns the consumer. Every record
+/// it takes goes to `hand_out`, which must not block (it starts the task).
 pub(crate) fn poll_loop(
     consumer: BaseConsumer<WorkerContext>,
-    out: tokio::sync::mpsc::Sender<Incoming>,
+    mut hand_out: impl FnMut(Incoming),
     stop: CancellationToken,
     limits: PollLimits,
 ) -> PollReport {
     let ctx = consumer.context().clone();
     let mut paused = false;
     let mut full_since: Option<Instant> = None;
+    // Reused per record: no allocation for the tracker lookup or the topic name.
+    let mut tp: Tp = (String::new(), 0);
+    let mut topics: Vec<Arc<str>> = Vec::new();
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.is_cancelled() {
         ctx.absorb(&consumer, Duration::ZERO);
@@ -429,7 +475,11 @@ pub(crate) fn poll_loop(
         ctx.health.polled();
         match polled {
             Some(Ok(msg)) => {
-                let tp = (msg.topic().to_string(), msg.partition());
+                if tp.0 != msg.topic() {
+                    tp.0.clear();
+                    tp.0.push_str(msg.topic());
+                }
+                tp.1 = msg.partition();
                 let epoch = {
                     let mut st = ctx.state();
                     let Some(epoch) = st.tracker.epoch(&tp) else {
@@ -452,8 +502,15 @@ pub(crate) fn poll_loop(
                         .fetch_max(st.handed_out, Ordering::Relaxed);
                     epoch
                 };
+                let topic = match topics.iter().find(|t| ***t == *msg.topic()) {
+                    Some(t) => t.clone(),
+                    None => {
+                        topics.push(Arc::from(msg.topic()));
+                        topics[topics.len() - 1].clone()
+                    }
+                };
                 let inc = Incoming {
-                    topic: Arc::from(msg.topic()),
+                    topic,
                     partition: msg.partition(),
                     offset: msg.offset(),
                     key: msg.key().map(<[u8]>::to_vec),
@@ -461,9 +518,7 @@ pub(crate) fn poll_loop(
                     timestamp_ms: msg.timestamp().to_millis(),
                     epoch,
                 };
-                if out.blocking_send(inc).is_err() {
-                    break;
-                }
+                hand_out(inc);
             }
             Some(Err(e)) => {
                 let text = e.to_string();
@@ -481,7 +536,6 @@ pub(crate) fn poll_loop(
     // Shutdown: fetch nothing more, let in-flight tasks finish, commit, leave.
     ctx.health.stopping();
     set_paused(&consumer, true);
-    drop(out);
     let deadline = Instant::now() + limits.shutdown_timeout;
     let assigned = ctx.assigned();
     loop {

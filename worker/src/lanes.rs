@@ -66,9 +66,15 @@ impl Lanes {
     /// Accepts a record: runs it now or queues it behind its lane.
     pub fn submit(self: &Arc<Self>, inc: Incoming) {
         let Some(lane) = self.lane_of(&inc) else {
-            let this = self.clone();
-            self.tasks
-                .spawn(async move { this.run_one(inc, false).await });
+            // Nothing waits behind a task without a lane: it settles its own
+            // outcome, one spawned task per record instead of two.
+            let executor = self.executor.clone();
+            let permits = self.permits.clone();
+            self.tasks.spawn(async move {
+                if let Some(outcome) = executor.run(&inc, &permits, false).await {
+                    executor.settle(inc, outcome).await;
+                }
+            });
             return;
         };
         {
@@ -87,7 +93,7 @@ impl Lanes {
     async fn run_lane(self: Arc<Self>, lane: LaneKey, first: Incoming) {
         let mut next = Some(first);
         while let Some(inc) = next {
-            self.run_one(inc, true).await;
+            self.run_one(inc).await;
             let mut queues = self.queues.lock().expect("lanes lock");
             next = match queues.get_mut(&lane).and_then(VecDeque::pop_front) {
                 Some(inc) => Some(inc),
@@ -99,12 +105,12 @@ impl Lanes {
         }
     }
 
-    /// Runs the record to its outcome (the executor takes a permit only while a
-    /// handler runs). The outcome is made durable in the background: the next task
-    /// of the lane may start as soon as this one is decided, while its offset still
-    /// waits for the writes. `in_place`: retries wait in this lane.
-    async fn run_one(&self, inc: Incoming, in_place: bool) {
-        if let Some(outcome) = self.executor.run(&inc, &self.permits, in_place).await {
+    /// Runs a record of a lane to its outcome (the executor takes a permit only
+    /// while a handler runs; retries wait in the lane). The outcome is made durable
+    /// in the background: the next task of the lane may start as soon as this one
+    /// is decided, while its offset still waits for the writes.
+    async fn run_one(&self, inc: Incoming) {
+        if let Some(outcome) = self.executor.run(&inc, &self.permits, true).await {
             let executor = self.executor.clone();
             self.tasks
                 .spawn(async move { executor.settle(inc, outcome).await });

@@ -180,13 +180,19 @@ pub async fn run_with(
     let tasks = TaskTracker::new();
     let lanes = Lanes::new(w.ordering, w.concurrency, executor.clone(), tasks.clone());
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel(w.max_buffered_tasks + 16);
     let limits = PollLimits {
         max_buffered: w.max_buffered_tasks,
         shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
     };
     let stop = shutdown.clone();
-    let poller = tokio::task::spawn_blocking(move || poll_loop(consumer, tx, stop, limits));
+    // The poll thread starts tasks itself (no channel hop): its blocking-pool
+    // thread is inside the runtime, and `max_buffered_tasks` bounds what it hands out.
+    let mut poller = {
+        let lanes = lanes.clone();
+        tokio::task::spawn_blocking(move || {
+            poll_loop(consumer, |inc| lanes.submit(inc), stop, limits)
+        })
+    };
 
     // Past the shutdown deadline, stop retrying result deliveries: those tasks'
     // offsets stay uncommitted and the tasks run again elsewhere.
@@ -200,13 +206,18 @@ pub async fn run_with(
         })
     };
 
-    while let Some(inc) = rx.recv().await {
-        lanes.submit(inc);
-    }
+    let ended = tokio::select! {
+        r = &mut poller => Some(r),
+        _ = shutdown.cancelled() => None,
+    };
     // The poll thread drains within shutdown_timeout_ms and bounds its final
     // commit; closing the consumer can still wait on a vanished broker, so this
     // does not wait for ever either.
-    let report = match tokio::time::timeout(deadline + LEAVE_GRACE, poller).await {
+    let report = match ended {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout(deadline + LEAVE_GRACE, poller).await,
+    };
+    let report = match report {
         Ok(r) => r.unwrap_or_default(),
         Err(_) => {
             tracing::error!(
