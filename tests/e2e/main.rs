@@ -6,6 +6,7 @@
 //! saying so). Tests that need kcat, or Prometheus and promtool, are in the
 //! `external-tools` feature.
 
+mod bench;
 mod chaos;
 mod compose;
 mod dlq;

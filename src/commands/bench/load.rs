@@ -12,6 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_common::kafka::{self, QuietContext};
 use sluice_common::Config;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +112,8 @@ pub fn drive(cfg: &Config, topics: &Topics, load: &Load, run: &str) -> anyhow::R
     let failed = Arc::new(AtomicUsize::new(0));
     let producer: BaseProducer<Deliveries> = kafka::producer_config(cfg, "sluice-bench-load")
         .create_with_context(Deliveries(failed.clone()))?;
+    let template = load.work.template(&format!("{run}-"), load.payload_bytes);
+    let (mut id, mut value) = (String::new(), Vec::new());
     let mut created = Vec::with_capacity(load.tasks);
     let started = Instant::now();
     let cpu_before = process_cpu();
@@ -128,8 +131,9 @@ pub fn drive(cfg: &Config, topics: &Topics, load: &Load, run: &str) -> anyhow::R
             None => Instant::now(),
         };
         created.push(at);
-        let id = format!("{run}-{i}");
-        let value = load.work.record(id.clone(), load.payload_bytes);
+        id.clear();
+        let _ = write!(id, "{run}-{i}");
+        template.fill(i, &mut value);
         let mut record = BaseRecord::to(&topics.tasks)
             .key(id.as_bytes())
             .payload(&value)
