@@ -15,15 +15,23 @@ use sluice_common::{shutdown, telemetry, Config};
 use sluice_worker::{handler_fn, HandlerError, TaskContext};
 use std::collections::BTreeMap;
 
-/// Counts words in a text payload; a non-text payload is a permanent error
-/// (retrying cannot fix it).
+/// Counts each word in a text payload, or in the lines of a job's `lines:` split
+/// (`{"lines": [...]}`); anything else is a permanent error (retrying cannot fix
+/// it). A job gathered with `sum` adds the counts up word by word:
+/// `sluice job submit --kind wordcount --split lines:book.txt:100 --gather sum --wait`.
 async fn wordcount(task: TaskContext) -> Result<Value, HandlerError> {
-    let text = task
-        .payload
-        .as_str()
-        .ok_or_else(|| HandlerError::permanent("wordcount needs a string payload"))?;
+    let lines: Vec<&str> = match &task.payload {
+        Value::String(text) => vec![text.as_str()],
+        other => other
+            .get("lines")
+            .and_then(Value::as_array)
+            .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| {
+                HandlerError::permanent("wordcount needs a text or {\"lines\": [text, ...]}")
+            })?,
+    };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for word in text.split_whitespace() {
+    for word in lines.iter().flat_map(|l| l.split_whitespace()) {
         *counts.entry(word.to_lowercase()).or_default() += 1;
     }
     Ok(json!(counts))

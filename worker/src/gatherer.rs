@@ -37,12 +37,14 @@ use sluice_common::{Config, Metrics, Task, TaskResult};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often offsets are stored and lost partitions forgotten.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a job may have results here without its manifest before a warning.
+const MANIFEST_GRACE: Duration = Duration::from_secs(30);
 
 /// What the gatherer needs from its worker.
 pub(crate) struct Gatherer {
@@ -61,6 +63,10 @@ struct OpenJob {
     tally: Tally,
     /// A chord callback is running for it.
     gathering: bool,
+    /// Said once that its manifest is missing.
+    warned: bool,
+    /// When its first result was read here.
+    opened: Instant,
 }
 
 #[derive(Default)]
@@ -135,6 +141,7 @@ impl Gatherer {
                 }
                 _ = tick.tick() => {
                     forget_lost_partitions(&mut st, &results, &cfg.topics.results);
+                    warn_missing_manifests(&mut st);
                     self.metrics.jobs_open(st.open.len());
                     store_offsets(&st, &results, &cfg.topics.results);
                     vec![]
@@ -175,6 +182,8 @@ impl Gatherer {
                 first_offset: offset,
                 tally: Tally::new(job.total),
                 gathering: false,
+                warned: false,
+                opened: Instant::now(),
             }
         });
         if !open.tally.record(&r) {
@@ -313,6 +322,22 @@ fn finish(st: &mut State, id: &str) {
     st.open.remove(id);
 }
 
+/// Results of a job whose manifest is not on the jobs topic hold back the
+/// partition's committed offset for as long as the job stays open: say so, once.
+fn warn_missing_manifests(st: &mut State) {
+    if !st.caught_up {
+        return;
+    }
+    for (id, open) in st.open.iter_mut() {
+        // The manifest was published before any sub-task; reading it may lag a little.
+        let late = open.opened.elapsed() > MANIFEST_GRACE;
+        if late && !open.warned && !st.manifests.contains_key(id) {
+            open.warned = true;
+            tracing::warn!(job.id = %id, partition = open.partition, offset = open.first_offset, "results of a job without a manifest on the jobs topic: it cannot be gathered, and this results partition's committed offset stays at its first result (publish jobs with `sluice job submit`)");
+        }
+    }
+}
+
 /// Drops jobs and positions of partitions this gatherer no longer owns.
 fn forget_lost_partitions(st: &mut State, results: &StreamConsumer<QuietContext>, topic: &str) {
     let Ok(assigned) = results.assignment() else {
@@ -429,6 +454,8 @@ mod tests {
             first_offset,
             tally: Tally::new(1),
             gathering: false,
+            warned: false,
+            opened: Instant::now(),
         }
     }
 
