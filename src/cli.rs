@@ -268,6 +268,11 @@ pub struct ProduceArgs {
     /// Print every task id, also for large batches.
     #[arg(long)]
     pub ids: bool,
+    /// Continue this W3C trace (`00-<trace id>-<parent id>-<flags>`): every task's
+    /// `traceparent` header carries its trace id. Without it each task starts a
+    /// trace of its own.
+    #[arg(long, env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
     /// Serve /metrics (tasks published, failures, time to acknowledge) on
     /// metrics.listen while publishing, for long streams from stdin.
     #[arg(long)]

@@ -18,6 +18,7 @@
 //! - [`exporter`]: the HTTP endpoint serving metrics and health.
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`telemetry`]: logging and the default worker id.
+//! - [`trace`]: [`TraceContext`], the W3C `traceparent` header on every record.
 //! - [`error`]: [`Error`], split by what the caller does next.
 
 pub mod broker;
@@ -33,6 +34,7 @@ pub mod security;
 pub mod shutdown;
 pub mod task;
 pub mod telemetry;
+pub mod trace;
 
 pub use broker::{EmbeddedBroker, Fault, TopicSpec};
 pub use config::Config;
@@ -40,3 +42,4 @@ pub use error::Error;
 pub use health::Health;
 pub use metrics::Metrics;
 pub use task::{Coordinates, JobRef, Status, Task, TaskResult};
+pub use trace::TraceContext;

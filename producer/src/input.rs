@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 use sluice_common::task::{new_task_id, now_ms, Task};
+use sluice_common::TraceContext;
 
 /// A task ready to publish, with the Kafka key it is published under.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +14,9 @@ pub struct Outgoing {
     pub task: Task,
     /// Kafka key: tasks with the same key keep their order.
     pub key: Option<String>,
+    /// The trace the task continues (its `traceparent` header names the
+    /// publisher as a child of this); `None` starts a new trace.
+    pub trace: Option<TraceContext>,
 }
 
 impl Outgoing {
@@ -24,7 +28,17 @@ impl Outgoing {
         if task.created_ms.is_none() {
             task.created_ms = Some(now_ms());
         }
-        Outgoing { task, key }
+        Outgoing {
+            task,
+            key,
+            trace: None,
+        }
+    }
+
+    /// The same task, continuing `trace`.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// The task id.

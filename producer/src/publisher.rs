@@ -3,9 +3,10 @@
 use crate::input::{check_size, InputError, Outgoing};
 use crate::partitioner::Partitioner;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_common::metrics::PublishFailure;
-use sluice_common::{kafka, Config, Metrics};
+use sluice_common::{kafka, trace, Config, Metrics, TraceContext};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,9 +144,17 @@ impl Publisher {
             Some(p) => p,
             None => self.partitioner.choose(key),
         };
+        let traceparent = out
+            .trace
+            .map_or_else(TraceContext::new_root, |t| t.child())
+            .to_string();
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .payload(&value)
-            .partition(partition);
+            .partition(partition)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: trace::HEADER,
+                value: Some(&traceparent),
+            }));
         if let Some(k) = key {
             record = record.key(k);
         }

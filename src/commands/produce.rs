@@ -7,7 +7,7 @@
 use crate::cli::ProduceArgs;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_common::{exporter, Config, Health, Metrics, Task};
+use sluice_common::{exporter, Config, Health, Metrics, Task, TraceContext};
 use sluice_producer::input::{parse_line, ranges};
 use sluice_producer::{Outgoing, PublishError, Publisher};
 use std::future::Future;
@@ -124,6 +124,14 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let trace = match &args.traceparent {
+        Some(v) => Some(TraceContext::parse(v).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--traceparent {v:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+            )
+        })?),
+        None => None,
+    };
     let mut publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
     let endpoint_stop = CancellationToken::new();
     let _endpoint_guard = endpoint_stop.clone().drop_guard();
@@ -158,9 +166,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                     (Some(id), _) => Some(format!("{id}-{i}")),
                     (None, _) => None,
                 };
-                batch
-                    .push(i as usize + 1, Outgoing::new(t, args.key.clone()))
-                    .await;
+                let out = Outgoing::new(t, args.key.clone()).with_trace(trace);
+                batch.push(i as usize + 1, out).await;
             }
             let (s, f) = batch.finish().await;
             (s, f, false)
@@ -195,7 +202,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 match parse_line(&line) {
-                    Ok(out) => batch.push(n, out).await,
+                    Ok(out) => batch.push(n, out.with_trace(trace)).await,
                     Err(e) => batch.fail(n, e.to_string()),
                 }
             }

@@ -25,10 +25,10 @@ use crate::tracker::{OffsetTracker, Tp};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::metrics::Rebalance as RebalanceEvent;
-use sluice_common::{Health, Metrics};
+use sluice_common::{trace, Health, Metrics, TraceContext};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -44,6 +44,8 @@ pub(crate) struct Incoming {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub timestamp_ms: Option<i64>,
+    /// From the record's `traceparent` header, when it has a valid one.
+    pub trace: Option<TraceContext>,
     pub epoch: u64,
 }
 
@@ -516,6 +518,7 @@ pub(crate) fn poll_loop(
                     key: msg.key().map(<[u8]>::to_vec),
                     value: msg.payload().map(<[u8]>::to_vec),
                     timestamp_ms: msg.timestamp().to_millis(),
+                    trace: msg.headers().and_then(trace_context),
                     epoch,
                 };
                 hand_out(inc);
@@ -561,6 +564,12 @@ pub(crate) fn poll_loop(
     PollReport {
         unfinished_at_shutdown: unfinished,
     }
+}
+
+/// The record's trace context (see `sluice_common::trace`).
+fn trace_context(headers: &BorrowedHeaders) -> Option<TraceContext> {
+    let h = headers.iter().find(|h| h.key == trace::HEADER)?;
+    TraceContext::parse(std::str::from_utf8(h.value?).ok()?)
 }
 
 fn set_paused(consumer: &BaseConsumer<WorkerContext>, pause: bool) {

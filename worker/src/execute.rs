@@ -19,7 +19,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use sluice_common::config::WorkerConfig;
 use sluice_common::task::now_ms;
-use sluice_common::{Coordinates, Metrics, Status, Task, TaskResult};
+use sluice_common::{Coordinates, Metrics, Status, Task, TaskResult, TraceContext};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -141,7 +141,8 @@ impl Executor {
                 });
             }
             let attempt = task.attempt();
-            let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt);
+            let trace_id = inc.trace.map(|t| t.trace_id_hex());
+            let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt, trace_id = trace_id.as_deref().unwrap_or("none"));
             let running = self.metrics.attempt_started(&labels);
             let ran = self
                 .attempt(&task, &id, inc, timeout)
@@ -196,10 +197,13 @@ impl Executor {
 
     /// Makes `outcome` durable, then reports the record done to the poll thread.
     pub async fn settle(&self, inc: Incoming, outcome: Outcome) {
+        // What this worker writes for the task continues the task's trace (or
+        // starts one for records published without a traceparent).
+        let trace = inc.trace.map_or_else(TraceContext::new_root, |t| t.child());
         let done = match outcome {
             Outcome::Requeue(task) => {
                 self.outbox
-                    .requeue(&task, inc.key.as_deref(), &self.give_up)
+                    .requeue(&task, inc.key.as_deref(), &trace, &self.give_up)
                     .await
             }
             Outcome::Finished {
@@ -218,7 +222,10 @@ impl Executor {
                             task_id: &result.task_id,
                             kind: &result.kind,
                         };
-                        let parked = self.outbox.dead_letter(&inc, &why, &self.give_up).await;
+                        let parked = self
+                            .outbox
+                            .dead_letter(&inc, &why, &trace, &self.give_up)
+                            .await;
                         if parked {
                             self.metrics.task_dead_lettered(&labels);
                         }
@@ -227,7 +234,7 @@ impl Executor {
                     None => true,
                 };
                 let delivered = if parked {
-                    self.outbox.result(&result, &self.give_up).await
+                    self.outbox.result(&result, &trace, &self.give_up).await
                 } else {
                     None
                 };

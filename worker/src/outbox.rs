@@ -10,7 +10,7 @@ use rdkafka::util::Timeout;
 use sluice_common::dead_letter::headers;
 use sluice_common::kafka::ProducerStats;
 use sluice_common::task::now_ms;
-use sluice_common::{Status, Task, TaskResult};
+use sluice_common::{trace, Status, Task, TaskResult, TraceContext};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -40,14 +40,19 @@ enum Sent {
 impl Outbox {
     /// Publishes `result` and returns the status that was delivered; `None` when
     /// `give_up` fired first (nothing durable: the offset must not be stored).
-    pub async fn result(&self, result: &TaskResult, give_up: &CancellationToken) -> Option<Status> {
+    pub async fn result(
+        &self,
+        result: &TaskResult,
+        trace: &TraceContext,
+        give_up: &CancellationToken,
+    ) -> Option<Status> {
         let value = serde_json::to_vec(result).expect("a result always serializes");
         match self
             .send(
                 &self.results,
                 Some(result.key().as_bytes()),
                 &value,
-                None,
+                traced(OwnedHeaders::new(), trace),
                 give_up,
             )
             .await
@@ -70,7 +75,7 @@ impl Outbox {
                         &self.results,
                         Some(smaller.key().as_bytes()),
                         &value,
-                        None,
+                        traced(OwnedHeaders::new(), trace),
                         give_up,
                     )
                     .await
@@ -87,6 +92,7 @@ impl Outbox {
         &self,
         inc: &Incoming,
         why: &DeadLetter<'_>,
+        trace: &TraceContext,
         give_up: &CancellationToken,
     ) -> bool {
         let partition = inc.partition.to_string();
@@ -116,7 +122,7 @@ impl Outbox {
                 &self.dead_letter,
                 inc.key.as_deref(),
                 value,
-                Some(h),
+                traced(h, trace),
                 give_up
             )
             .await,
@@ -129,10 +135,12 @@ impl Outbox {
         &self,
         task: &Task,
         key: Option<&[u8]>,
+        trace: &TraceContext,
         give_up: &CancellationToken,
     ) -> bool {
+        let headers = traced(OwnedHeaders::new(), trace);
         matches!(
-            self.send(&self.retry, key, &task.encode(), None, give_up)
+            self.send(&self.retry, key, &task.encode(), headers, give_up)
                 .await,
             Sent::Durable
         )
@@ -143,7 +151,7 @@ impl Outbox {
         topic: &str,
         key: Option<&[u8]>,
         value: &[u8],
-        headers: Option<OwnedHeaders>,
+        headers: OwnedHeaders,
         give_up: &CancellationToken,
     ) -> Sent {
         let mut backoff = Duration::from_millis(100);
@@ -152,9 +160,7 @@ impl Outbox {
             if let Some(k) = key {
                 record = record.key(k);
             }
-            if let Some(h) = &headers {
-                record = record.headers(h.clone());
-            }
+            record = record.headers(headers.clone());
             let sent = tokio::select! {
                 _ = give_up.cancelled() => return Sent::GaveUp,
                 r = self.producer.send(record, Timeout::Never) => r,
@@ -180,4 +186,12 @@ impl Outbox {
             }
         }
     }
+}
+
+/// `headers` plus the `traceparent` of what the worker writes.
+fn traced(headers: OwnedHeaders, trace: &TraceContext) -> OwnedHeaders {
+    headers.insert(Header {
+        key: trace::HEADER,
+        value: Some(&trace.to_string()),
+    })
 }

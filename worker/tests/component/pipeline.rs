@@ -345,3 +345,101 @@ async fn stopping_mid_run_with_key_lanes_leaves_nothing_to_repeat() {
         240
     );
 }
+
+/// The `traceparent` header of a record, parsed.
+fn traceparent(msg: &rdkafka::message::OwnedMessage) -> Option<sluice_common::TraceContext> {
+    use rdkafka::message::{Headers, Message};
+    let h = msg
+        .headers()?
+        .iter()
+        .find(|h| h.key == sluice_common::trace::HEADER)?;
+    sluice_common::TraceContext::parse(std::str::from_utf8(h.value?).ok()?)
+}
+
+/// Reads `topic` from the beginning until it has been idle for a while.
+async fn records(cfg: &sluice_common::Config, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut r = sluice_producer::TopicReader::open(cfg, topic, Start::Beginning)
+        .await
+        .unwrap();
+    r.read_to_end(Duration::from_secs(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_flows_from_the_producer_through_retries_to_the_result() {
+    use rdkafka::message::Message;
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.retry.backoff_initial_ms = 50;
+    let caller = sluice_common::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .unwrap();
+    // Keyless, so its retry goes through the retry topic; the other starts a trace.
+    let continued = task("fail", json!({"times": 1}), None).with_trace(Some(caller));
+    let fresh = task("echo", json!(1), None);
+    publish(&cfg, &[continued.clone(), fresh.clone()]).await;
+    let (stop, h) = ready_worker(&cfg, "w", sluice_worker::builtin()).await;
+    results(&cfg, 2, Duration::from_secs(30)).await;
+    stop.cancel();
+    h.await.unwrap();
+
+    let by_key = |msgs: &[rdkafka::message::OwnedMessage], id: &str| {
+        msgs.iter()
+            .filter(|m| m.key() == Some(id.as_bytes()))
+            .map(|m| traceparent(m).expect("every record carries a traceparent"))
+            .collect::<Vec<_>>()
+    };
+    let tasks = records(&cfg, &cfg.topics.tasks).await;
+    let published: HashMap<&[u8], _> = tasks
+        .iter()
+        .map(|m| {
+            (
+                m.payload().unwrap(),
+                traceparent(m).expect("task traceparent"),
+            )
+        })
+        .collect();
+    assert_eq!(published.len(), 2);
+    let continued_task = published
+        .iter()
+        .find(|(v, _)| String::from_utf8_lossy(v).contains(continued.id()))
+        .map(|(_, t)| *t)
+        .unwrap();
+    assert_eq!(
+        continued_task.trace_id, caller.trace_id,
+        "the caller's trace goes on"
+    );
+    assert_ne!(
+        continued_task.parent_id, caller.parent_id,
+        "the producer is a new span"
+    );
+
+    let results = records(&cfg, &cfg.topics.results).await;
+    let retries = records(&cfg, &cfg.topics.retry_topic()).await;
+    assert_eq!(retries.len(), 1, "one retry through the retry topic");
+    let retry = traceparent(&retries[0]).expect("retry traceparent");
+    assert_eq!(retry.trace_id, caller.trace_id);
+    let result = by_key(&results, continued.id());
+    assert_eq!(result.len(), 1);
+    assert_eq!(
+        result[0].trace_id, caller.trace_id,
+        "the result is in the trace"
+    );
+    assert_ne!(
+        result[0].parent_id, continued_task.parent_id,
+        "written by the worker's span"
+    );
+
+    let fresh_task = published
+        .iter()
+        .find(|(v, _)| String::from_utf8_lossy(v).contains(fresh.id()))
+        .map(|(_, t)| *t)
+        .unwrap();
+    assert_ne!(
+        fresh_task.trace_id, caller.trace_id,
+        "without a caller, a new trace"
+    );
+    assert_eq!(
+        by_key(&results, fresh.id())[0].trace_id,
+        fresh_task.trace_id
+    );
+}
