@@ -133,7 +133,10 @@ impl Acc {
                 };
                 Ok(match (acc, x) {
                     (Acc::Zero, x) => x,
-                    (Acc::Int(a), Acc::Int(b)) => Acc::Int(a + b),
+                    // Past i128, precision gives way rather than the sum overflowing.
+                    (Acc::Int(a), Acc::Int(b)) => a
+                        .checked_add(b)
+                        .map_or(Acc::Float(a as f64 + b as f64), Acc::Int),
                     (Acc::Int(a), Acc::Float(b)) | (Acc::Float(b), Acc::Int(a)) => {
                         Acc::Float(a as f64 + b)
                     }
