@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
     // Watch from the topics' current ends, opened before publishing so that
     // nothing the job produces is missed.
     let mut watch = JobWatch::open(&cfg, Some(manifest.job_id.clone()), Start::End).await?;
-    submitter.submit(&manifest, payloads, |_| {}).await?;
+    // `None`: the job's sub-tasks share a new trace.
+    submitter.submit(&manifest, payloads, None, |_| {}).await?;
     eprintln!("job {} submitted", manifest.job_id);
     loop {
         watch.poll(Duration::from_millis(200)).await;

@@ -163,6 +163,10 @@ pub struct JobSubmitArgs {
     /// With --wait: print the final status as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Continue this W3C trace (`00-<trace id>-<parent id>-<flags>`). Without it
+    /// the job starts a trace of its own; either way every sub-task carries it.
+    #[arg(long, env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
     /// Task topic (overrides topics.tasks).
     #[arg(long, short = 't')]
     pub topic: Option<String>,

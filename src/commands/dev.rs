@@ -284,7 +284,7 @@ async fn run_job(cfg: &Config, n: u64) -> anyhow::Result<Option<(JobStatus, Dura
     let mut watch = JobWatch::open(cfg, Some(manifest.job_id.clone()), Start::End).await?;
     let started = Instant::now();
     let bar = progress(n, "job       ");
-    submitter.submit(&manifest, payloads, |_| {}).await?;
+    submitter.submit(&manifest, payloads, None, |_| {}).await?;
     while started.elapsed() < RESULT_TIMEOUT {
         watch.poll(Duration::from_millis(100)).await;
         if let Some(s) = watch.book().status(&manifest.job_id) {

@@ -15,7 +15,7 @@ use rdkafka::util::Timeout;
 use serde_json::Value;
 use sluice_common::job::{FailurePolicy, GatherSpec, JobRecord, JobResult, JobState, Manifest};
 use sluice_common::task::{new_task_id, now_ms};
-use sluice_common::{kafka, Config, JobRef, Task};
+use sluice_common::{kafka, Config, JobRef, Task, TraceContext};
 use std::time::Duration;
 
 /// Deliveries awaited at once.
@@ -94,13 +94,16 @@ impl Submitter {
     }
 
     /// Publishes `manifest` and one sub-task per payload (`payloads.len()` must be
-    /// `manifest.total`); `sent` is called as deliveries are confirmed.
+    /// `manifest.total`); `sent` is called as deliveries are confirmed. All
+    /// sub-tasks carry one trace: `trace` continued, or a new one for the job.
     pub async fn submit(
         &self,
         manifest: &Manifest,
         payloads: Vec<Value>,
+        trace: Option<TraceContext>,
         mut sent: impl FnMut(u64),
     ) -> Result<(), SubmitError> {
+        let trace = trace.unwrap_or_else(TraceContext::new_root);
         assert_eq!(
             payloads.len() as u64,
             manifest.total,
@@ -122,7 +125,8 @@ impl Submitter {
                 index: index as u64,
                 total: manifest.total,
             });
-            match self.publisher.send(&Outgoing::new(task, None), None).await {
+            let out = Outgoing::new(task, None).with_trace(Some(trace));
+            match self.publisher.send(&out, None).await {
                 Ok(delivery) => pending.push(delivery),
                 Err(e) => failed.push(e.to_string()),
             }
