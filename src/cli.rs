@@ -281,6 +281,47 @@ pub struct ProduceArgs {
     /// metrics.listen while publishing, for long streams from stdin.
     #[arg(long)]
     pub metrics: bool,
+    /// Task priority: higher runs first; > 0 goes to the high lane and < 0 to the
+    /// low lane when `topics.priority_lanes` is on (docs/SCHEDULING.md).
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "file")]
+    pub priority: Option<i32>,
+    /// Run no earlier than this long from now: `250ms`, `30s`, `5m`, `1h`, or a
+    /// number of milliseconds. Sets `not_before_ms` (tasks from --file keep their
+    /// own). Never started early by the worker's clock; late by the wait for a
+    /// free slot (docs/SCHEDULING.md has the precision).
+    #[arg(long, value_parser = parse_delay)]
+    pub delay: Option<u64>,
+    /// Expected run time in ms (shortest-expected-first, the long-task lane).
+    #[arg(long, conflicts_with = "file")]
+    pub expected_ms: Option<u64>,
+    /// Resource needs, a JSON object such as `{"cpu": 2, "memory_mb": 512}`;
+    /// `"class": "gpu"` sends the task to the gpu pool.
+    #[arg(long, conflicts_with = "file")]
+    pub resources: Option<String>,
+}
+
+/// A delay as milliseconds: `250ms`, `30s`, `5m`, `1h`, or plain milliseconds.
+pub fn parse_delay(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a delay such as 250ms, 30s, 5m or 1h"))?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok((n * factor).round() as u64)
 }
 
 /// Output format of `sluice results`.

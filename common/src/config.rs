@@ -98,6 +98,15 @@ pub struct TopicsConfig {
     pub partitions: i32,
     /// Replication factor for topics Sluice creates; 1 suits a single-node broker.
     pub replication_factor: i32,
+    /// Priority lanes: producers route tasks with `priority` > 0 to `<tasks>.high`
+    /// and < 0 to `<tasks>.low` (0 stays on `<tasks>`); workers consume all three
+    /// and share their slots between them (`worker.scheduler.min_share`). Producers
+    /// and workers must agree on it. See docs/SCHEDULING.md.
+    pub priority_lanes: bool,
+    /// The long-task lane: producers route tasks expected to run at least
+    /// `producer.long_task_ms` to `<tasks>.long`; workers run at most
+    /// `worker.scheduler.long_slots` of them at once.
+    pub long_lane: bool,
 }
 
 impl Default for TopicsConfig {
@@ -110,6 +119,8 @@ impl Default for TopicsConfig {
             dead_letter: None,
             partitions: 8,
             replication_factor: 1,
+            priority_lanes: false,
+            long_lane: false,
         }
     }
 }
@@ -165,8 +176,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Ordering guarantee.
     pub ordering: Ordering,
-    /// Tasks read ahead of execution; past this the worker pauses its partitions and
-    /// keeps polling, so it never leaves the group because of slow tasks.
+    /// Tasks read ahead of execution, per consumed topic (each lane and the retry
+    /// topic); past this the worker pauses that topic's partitions and keeps
+    /// polling, so it never leaves the group because of slow tasks.
     pub max_buffered_tasks: usize,
     /// Largest task record value accepted, in bytes; larger ones fail without parsing.
     pub max_task_bytes: usize,
@@ -199,6 +211,148 @@ pub struct WorkerConfig {
     /// publishes the job result (docs/JOBS.md). With it off in every worker of a
     /// group, jobs never finish.
     pub gatherer: bool,
+    /// The resource pool this worker serves: it consumes only the topics of tasks
+    /// whose `resources.class` names this pool (`<tasks>.pool.<pool>`, with its
+    /// lanes and retry topic). None: the general pool (`topics.tasks`).
+    pub pool: Option<String>,
+    /// Which ready task starts next: lanes, queue policy, resources.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Order of ready tasks within one lane of a worker. Every policy sorts by the
+/// task's `priority` first (higher first) and keeps per-key order: only the
+/// oldest unfinished task of a key (or partition) is ever ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuePolicy {
+    /// First come, first served.
+    Fifo,
+    /// The task with the smallest expected run time first: its `expected_ms`,
+    /// else the worker's learned estimate for its kind.
+    ShortestExpectedFirst,
+    /// The task with the earliest `deadline_ms` first; tasks without one last.
+    EarliestDeadlineFirst,
+}
+
+/// Minimum shares of a worker's task starts per lane, as fractions (sum at most
+/// 1). While lanes are backlogged, a lane below its share is served first; the
+/// rest goes to the highest lane with work. So high gets at least
+/// `1 - (normal + long + low)` under full load and no lane with a share starves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaneShares {
+    /// Share of the high lane (it is first anyway; a share matters only when
+    /// other lanes' shares would otherwise crowd it).
+    pub high: f64,
+    /// Share of the normal lane.
+    pub normal: f64,
+    /// Share of the long-task lane.
+    pub long: f64,
+    /// Share of the low lane.
+    pub low: f64,
+}
+
+impl Default for LaneShares {
+    fn default() -> Self {
+        LaneShares {
+            high: 0.0,
+            normal: 0.2,
+            long: 0.1,
+            low: 0.1,
+        }
+    }
+}
+
+impl LaneShares {
+    /// Shares indexed like `routing::Lane::ALL` (high, normal, long, low).
+    pub fn as_array(&self) -> [f64; 4] {
+        [self.high, self.normal, self.long, self.low]
+    }
+}
+
+/// Adaptive concurrency: AIMD on the worker's concurrency limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConfig {
+    /// Adjust the limit from observed latency and errors. Off: the limit is
+    /// `worker.concurrency`.
+    pub enabled: bool,
+    /// Lowest limit.
+    pub min_concurrency: usize,
+    /// Highest limit; default `worker.concurrency`.
+    pub max_concurrency: Option<usize>,
+    /// Attempts per adjustment window.
+    pub window: usize,
+    /// A window whose mean attempt time exceeds this many times the best window
+    /// mean seen is congested: the limit shrinks.
+    pub latency_tolerance: f64,
+    /// A window with more than this fraction of failed attempts is congested.
+    pub max_error_rate: f64,
+    /// Multiplicative decrease on congestion (0.75 = shrink by a quarter).
+    pub backoff_ratio: f64,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            enabled: false,
+            min_concurrency: 1,
+            max_concurrency: None,
+            window: 50,
+            latency_tolerance: 2.0,
+            max_error_rate: 0.2,
+            backoff_ratio: 0.75,
+        }
+    }
+}
+
+/// The worker's scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Order of ready tasks within a lane.
+    pub policy: QueuePolicy,
+    /// Minimum share of task starts per lane.
+    pub min_share: LaneShares,
+    /// Most long-lane tasks running at once, so short tasks always have slots.
+    /// Default: half of `worker.concurrency` (at least 1).
+    pub long_slots: Option<usize>,
+    /// What this worker has to give, by resource name (`cpu = 8`, `memory_mb =
+    /// 16384`, `gpu = 1`). Empty: resources are not accounted. Otherwise a task
+    /// starts only while the running tasks' needs plus its own fit, a name not
+    /// listed has capacity 0, and a task that can never fit is dead-lettered.
+    pub capacity: BTreeMap<String, f64>,
+    /// How often a task that does not fit yet may be passed by later tasks that
+    /// do, before it reserves the worker (nothing else starts until it fits).
+    pub max_bypass: u32,
+    /// Expected run time of a task without `expected_ms` of a kind not observed
+    /// yet (shortest-expected-first).
+    pub default_expected_ms: u64,
+    /// Weight of the newest observation in the per-kind run-time estimate (an
+    /// exponentially weighted moving average), between 0 and 1.
+    pub estimate_weight: f64,
+    /// Adaptive concurrency.
+    pub adaptive: AdaptiveConfig,
+    /// The scaling signal (`sluice_scaling_needed_workers`) asks for enough
+    /// workers to clear the current backlog within this many seconds, on top of
+    /// keeping up with arrivals.
+    pub scaling_drain_s: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            policy: QueuePolicy::Fifo,
+            min_share: LaneShares::default(),
+            long_slots: None,
+            capacity: BTreeMap::new(),
+            max_bypass: 32,
+            default_expected_ms: 1_000,
+            estimate_weight: 0.2,
+            adaptive: AdaptiveConfig::default(),
+            scaling_drain_s: 60.0,
+        }
+    }
 }
 
 /// Retry policy: exponential backoff with jitter, capped.
@@ -238,6 +392,10 @@ pub struct KindConfig {
     pub max_attempts: Option<u32>,
     /// Time limit of one attempt (a task's own `timeout_ms` wins).
     pub timeout_ms: Option<u64>,
+    /// Most attempts of this kind this worker starts per second (a token bucket
+    /// holding one second's worth, so bursts up to the rate pass at once).
+    /// Per worker: a group of N workers runs up to N times this. None: unlimited.
+    pub rate_per_s: Option<f64>,
 }
 
 impl Default for WorkerConfig {
@@ -261,6 +419,8 @@ impl Default for WorkerConfig {
             dead_letters: true,
             max_dead_letters_per_minute: 0,
             gatherer: true,
+            pool: None,
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -309,6 +469,33 @@ pub struct ProducerConfig {
     pub delivery_timeout_ms: u64,
     /// Largest task accepted for publishing, in bytes of its JSON value.
     pub max_task_bytes: usize,
+    /// With `topics.long_lane`: tasks expected to run at least this long go to
+    /// the long-task lane. A task's expected time is its `expected_ms`, else
+    /// `expected_ms` of its kind below.
+    pub long_task_ms: u64,
+    /// Expected run time by kind, in ms, for tasks without their own `expected_ms`.
+    pub expected_ms: BTreeMap<String, u64>,
+    /// How keyless tasks are spread over partitions (keyed tasks always go to
+    /// their key's partition).
+    pub partitioner: PartitionerKind,
+    /// With `lag_aware`: the consumer group whose lag is watched. Default
+    /// `worker.group`.
+    pub lag_group: Option<String>,
+    /// With `lag_aware`: how often the group's committed offsets and the
+    /// partitions' high watermarks are read.
+    pub lag_refresh_ms: u64,
+}
+
+/// How a producer spreads keyless tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionerKind {
+    /// One partition after another.
+    RoundRobin,
+    /// The less loaded of two random partitions, by the consumer group's lag
+    /// (plus what this producer sent since the last reading), so a slow worker's
+    /// partitions get fewer tasks.
+    LagAware,
 }
 
 impl Default for ProducerConfig {
@@ -318,6 +505,11 @@ impl Default for ProducerConfig {
             idempotence: true,
             delivery_timeout_ms: 30_000,
             max_task_bytes: 1 << 20,
+            long_task_ms: 10_000,
+            expected_ms: BTreeMap::new(),
+            partitioner: PartitionerKind::RoundRobin,
+            lag_group: None,
+            lag_refresh_ms: 1_000,
         }
     }
 }
@@ -508,13 +700,16 @@ impl Config {
                 "must not exceed backoff_max_ms",
             );
         }
-        let names = [
-            self.topics.tasks.clone(),
+        let routes = crate::routing::Routes::new(&self.topics, self.worker.pool.as_deref());
+        let mut names = vec![
             self.topics.results.clone(),
             self.topics.jobs.clone(),
-            self.topics.retry_topic(),
             self.topics.dead_letter_topic(),
         ];
+        names.extend(routes.consumed());
+        if self.worker.pool.is_some() {
+            names.push(self.topics.tasks.clone());
+        }
         for (i, a) in names.iter().enumerate() {
             if names[i + 1..].contains(a) {
                 return fail("topics", &format!("`{a}` is used for two purposes"));
@@ -527,6 +722,21 @@ impl Config {
                     "must be at least 1",
                 );
             }
+            if k.rate_per_s.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                return fail(
+                    &format!("worker.kinds.{kind}.rate_per_s"),
+                    "must be a positive number (leave it out for no limit)",
+                );
+            }
+        }
+        if let Some(pool) = &self.worker.pool {
+            if let Err(why) = crate::routing::check_class(pool) {
+                return fail("worker.pool", &why);
+            }
+        }
+        self.validate_scheduler()?;
+        if self.producer.lag_refresh_ms == 0 {
+            return fail("producer.lag_refresh_ms", "must be at least 1");
         }
         if self.metrics.enabled {
             self.metrics.listen_addr()?;
@@ -538,6 +748,76 @@ impl Config {
                     "must not be empty",
                 );
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_scheduler(&self) -> Result<(), ConfigError> {
+        let fail = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
+        let s = &self.worker.scheduler;
+        let shares = s.min_share.as_array();
+        if shares.iter().any(|v| !(0.0..=1.0).contains(v)) {
+            return fail(
+                "worker.scheduler.min_share",
+                "every share must be between 0 and 1",
+            );
+        }
+        if shares.iter().sum::<f64>() > 1.0 + 1e-9 {
+            return fail(
+                "worker.scheduler.min_share",
+                "the shares must add up to at most 1",
+            );
+        }
+        if s.long_slots == Some(0) {
+            return fail("worker.scheduler.long_slots", "must be at least 1");
+        }
+        if s.capacity.values().any(|v| !(*v >= 0.0 && v.is_finite())) {
+            return fail(
+                "worker.scheduler.capacity",
+                "capacities must be non-negative numbers",
+            );
+        }
+        if !(s.scaling_drain_s > 0.0 && s.scaling_drain_s.is_finite()) {
+            return fail(
+                "worker.scheduler.scaling_drain_s",
+                "must be a positive number of seconds",
+            );
+        }
+        if !(s.estimate_weight > 0.0 && s.estimate_weight <= 1.0) {
+            return fail(
+                "worker.scheduler.estimate_weight",
+                "must be above 0 and at most 1",
+            );
+        }
+        let a = &s.adaptive;
+        let max = a.max_concurrency.unwrap_or(self.worker.concurrency);
+        if a.enabled && (a.min_concurrency == 0 || a.min_concurrency > max) {
+            return fail(
+                "worker.scheduler.adaptive.min_concurrency",
+                "must be at least 1 and at most max_concurrency",
+            );
+        }
+        if a.enabled && max > self.worker.max_buffered_tasks {
+            return fail(
+                "worker.scheduler.adaptive.max_concurrency",
+                "must not exceed worker.max_buffered_tasks",
+            );
+        }
+        if a.window == 0 || !(a.backoff_ratio > 0.0 && a.backoff_ratio < 1.0) {
+            return fail(
+                "worker.scheduler.adaptive",
+                "window must be at least 1 and backoff_ratio between 0 and 1",
+            );
+        }
+        if !(1.0..f64::INFINITY).contains(&a.latency_tolerance)
+            || !(0.0..=1.0).contains(&a.max_error_rate)
+        {
+            return fail(
+                "worker.scheduler.adaptive",
+                "latency_tolerance must be at least 1 and max_error_rate between 0 and 1",
+            );
         }
         Ok(())
     }
@@ -659,6 +939,44 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.metrics.statistics_interval(), None, "off when disabled");
         assert_eq!(Config::default().metrics.statistics_interval(), Some(5000));
+    }
+
+    #[test]
+    fn scheduler_settings_load_from_env_and_bad_ones_are_named() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("SLUICE_TOPICS__PRIORITY_LANES", "true"),
+                ("SLUICE_WORKER__SCHEDULER__CAPACITY__CPU", "8"),
+                (
+                    "SLUICE_WORKER__SCHEDULER__POLICY",
+                    "shortest_expected_first",
+                ),
+                ("SLUICE_WORKER__KINDS__THUMB__RATE_PER_S", "2.5"),
+            ]),
+        )
+        .unwrap();
+        assert!(cfg.topics.priority_lanes);
+        assert_eq!(cfg.worker.scheduler.capacity["cpu"], 8.0);
+        assert_eq!(
+            cfg.worker.scheduler.policy,
+            QueuePolicy::ShortestExpectedFirst
+        );
+        assert_eq!(cfg.worker.kinds["thumb"].rate_per_s, Some(2.5));
+        for (k, v, field) in [
+            (
+                "SLUICE_WORKER__SCHEDULER__MIN_SHARE__LOW",
+                "0.9",
+                "min_share",
+            ),
+            ("SLUICE_WORKER__SCHEDULER__LONG_SLOTS", "0", "long_slots"),
+            ("SLUICE_WORKER__KINDS__X__RATE_PER_S", "0", "rate_per_s"),
+            ("SLUICE_WORKER__POOL", "a/b", "worker.pool"),
+            ("SLUICE_WORKER__SCHEDULER__CAPACITY__CPU", "-1", "capacity"),
+        ] {
+            let e = Config::load(None, env(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(field), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`security`]: TLS and SASL settings; secrets that never print.
 //! - [`kafka`]: builds producers and consumers; creates topics.
 //! - [`broker`]: [`EmbeddedBroker`], librdkafka's mock cluster on a fixed address.
+//! - [`routing`]: lanes (priority, long tasks) and pools, and their topics.
+//! - [`resources`]: resource needs of tasks and capacities of workers.
 //! - [`metrics`]: [`Metrics`], the one owner of the Prometheus registry.
 //! - [`health`]: [`Health`], what `/health/live` and `/health/ready` mean.
 //! - [`exporter`]: the HTTP endpoint serving metrics and health.
@@ -30,6 +32,8 @@ pub mod health;
 pub mod job;
 pub mod kafka;
 pub mod metrics;
+pub mod resources;
+pub mod routing;
 pub mod security;
 pub mod shutdown;
 pub mod task;

@@ -24,6 +24,7 @@
 
 mod kinds;
 mod publish;
+mod scheduler;
 mod statistics;
 
 pub use kinds::{KindMetrics, MAX_KINDS, OTHER_KIND, UNREADABLE_KIND};
@@ -88,6 +89,7 @@ pub struct Metrics {
     jobs_gathered: IntCounterVec,
     jobs_open: IntGauge,
     stats: statistics::StatsGauges,
+    scheduler: scheduler::SchedulerMetrics,
     /// Label sets set by the last statistics report, to drop the ones that vanish.
     stats_seen: Mutex<statistics::Seen>,
 }
@@ -298,7 +300,9 @@ impl Metrics {
                 "Results, retries and dead letters waiting in the worker's producer queue.",
             ),
         };
+        let scheduler = scheduler::SchedulerMetrics::register(&mut b);
         Metrics {
+            scheduler,
             kinds: kinds::Kinds::new(families),
             registry: b.registry,
             names: b.names,

@@ -25,7 +25,9 @@ pub struct Task {
     /// When the task was created, Unix epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_ms: Option<u64>,
-    /// Scheduling priority (reserved for priority lanes).
+    /// Scheduling priority, any i32, default 0: higher runs first. The sign picks
+    /// the lane (> 0 high, 0 normal, < 0 low, see [`crate::routing`]); within a
+    /// lane of a worker, larger values start first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
     /// Per-attempt time limit in milliseconds (reserved for the reliability work).
@@ -34,13 +36,15 @@ pub struct Task {
     /// Unix epoch ms after which the task is no longer worth running (reserved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
-    /// Unix epoch ms before which the task must not start (reserved).
+    /// Unix epoch ms before which the task must not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
-    /// Expected run time in milliseconds (reserved for execution-time scheduling).
+    /// Expected run time in milliseconds: orders tasks under
+    /// shortest-expected-first and picks the long-task lane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_ms: Option<u64>,
-    /// Declared resource needs, e.g. `{"cpu": 2, "memory_mb": 512}` (reserved).
+    /// Declared resource needs, e.g. `{"cpu": 2, "memory_mb": 512}`, and an optional
+    /// pool `class` ([`crate::resources::Needs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Value>,
     /// Attempt number, starting at 1.

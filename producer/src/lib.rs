@@ -11,8 +11,10 @@
 //!
 //! # Layout
 //! - [`input`]: task input from JSON lines; [`Outgoing`] is a task with its key.
-//! - [`partitioner`]: murmur2 and round-robin partition choice.
+//! - [`partitioner`]: murmur2, round-robin and lag-aware partition choice.
+//! - [`lag`]: the consumer group's lag per partition, for lag-aware choice.
 //! - [`publisher`]: [`Publisher`], which sends and awaits delivery reports.
+//! - [`router`]: [`Router`], the pool and lane topic of a task.
 //! - [`reader`]: [`TopicReader`], a whole topic outside any group.
 //! - [`results`]: [`ResultReader`], which reads outcomes back.
 //! - [`dlq`]: the dead-letter topic, listed and replayed.
@@ -21,13 +23,16 @@
 pub mod dlq;
 pub mod input;
 pub mod job;
+pub mod lag;
 pub mod partitioner;
 pub mod publisher;
 pub mod reader;
 pub mod results;
+pub mod router;
 
 pub use input::{InputError, Outgoing};
 pub use partitioner::Partitioner;
 pub use publisher::{Delivered, PublishError, Publisher};
 pub use reader::{Start, Step, TopicReader};
 pub use results::{Next, ResultReader};
+pub use router::Router;

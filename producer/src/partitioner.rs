@@ -2,9 +2,12 @@
 //!
 //! Keyed tasks go where the Java client would put them (murmur2 of the key bytes,
 //! made positive, modulo the partition count), so Sluice and JVM producers agree on
-//! which partition owns a key. Keyless tasks are spread round-robin.
+//! which partition owns a key. Keyless tasks are spread round-robin, or by lag
+//! ([`crate::lag`]).
 
+use crate::lag::LagTable;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Kafka's murmur2 hash, bit-for-bit as the Java client computes it.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -49,6 +52,7 @@ pub fn key_partition(key: &[u8], partitions: i32) -> i32 {
 pub struct Partitioner {
     partitions: i32,
     next: AtomicU32,
+    lag: Option<Arc<LagTable>>,
 }
 
 impl Partitioner {
@@ -57,6 +61,15 @@ impl Partitioner {
         Partitioner {
             partitions: partitions.max(1),
             next: AtomicU32::new(rand::random::<u32>()),
+            lag: None,
+        }
+    }
+
+    /// A partitioner that places keyless tasks by the lag in `table`.
+    pub fn lag_aware(partitions: i32, table: Arc<LagTable>) -> Self {
+        Partitioner {
+            lag: Some(table),
+            ..Partitioner::new(partitions)
         }
     }
 
@@ -69,7 +82,16 @@ impl Partitioner {
     pub fn choose(&self, key: Option<&[u8]>) -> i32 {
         match key {
             Some(k) => key_partition(k, self.partitions),
-            None => (self.next.fetch_add(1, Ordering::Relaxed) % self.partitions as u32) as i32,
+            None => {
+                if let (Some(table), true) = (&self.lag, self.partitions > 1) {
+                    let a = rand::random_range(0..self.partitions);
+                    let b = (a + rand::random_range(1..self.partitions)) % self.partitions;
+                    if let Some(p) = table.choose(a, b) {
+                        return p;
+                    }
+                }
+                (self.next.fetch_add(1, Ordering::Relaxed) % self.partitions as u32) as i32
+            }
         }
     }
 }

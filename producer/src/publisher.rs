@@ -1,14 +1,22 @@
 //! The publisher: tasks onto a task topic, every delivery report awaited.
+//!
+//! A publisher either writes to one fixed topic ([`Publisher::connect`]) or
+//! routes each task to its lane and pool topic ([`Publisher::routed`], see
+//! [`Router`]); topics are created when first used.
 
 use crate::input::{check_size, InputError, Outgoing};
+use crate::lag::LagWatcher;
 use crate::partitioner::Partitioner;
+use crate::router::Router;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sluice_common::config::PartitionerKind;
 use sluice_common::metrics::PublishFailure;
 use sluice_common::{kafka, trace, Config, Metrics, TraceContext};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Why a task was not published.
@@ -56,37 +64,88 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// Publishes tasks to one topic.
+/// Publishes tasks to one topic, or to the topics a [`Router`] picks.
 pub struct Publisher {
     producer: FutureProducer,
+    cfg: Config,
     topic: String,
-    partitioner: Partitioner,
+    router: Option<Router>,
+    partitioners: RwLock<HashMap<String, Arc<Partitioner>>>,
     max_task_bytes: usize,
     metrics: Option<Arc<Metrics>>,
+    lag: Option<LagWatcher>,
 }
 
 impl Publisher {
-    /// Connects to the cluster and makes sure `topic` exists.
+    /// Connects to the cluster and makes sure `topic` exists; every task goes there.
     pub async fn connect(cfg: &Config, topic: &str) -> Result<Publisher, PublishError> {
-        let counts = kafka::ensure_topics(cfg, &[topic]).await?;
+        Publisher::open(cfg, topic, None).await
+    }
+
+    /// Connects and routes each task to its pool and lane topic (see [`Router`]);
+    /// the lane topics of the general pool are created now, pool topics when
+    /// first used.
+    pub async fn routed(cfg: &Config) -> Result<Publisher, PublishError> {
+        Publisher::open(cfg, &cfg.topics.tasks, Some(Router::new(cfg))).await
+    }
+
+    async fn open(
+        cfg: &Config,
+        topic: &str,
+        router: Option<Router>,
+    ) -> Result<Publisher, PublishError> {
         let producer = kafka::producer(cfg, "sluice-producer")?;
+        let lag = match cfg.producer.partitioner {
+            PartitionerKind::RoundRobin => None,
+            PartitionerKind::LagAware => Some(LagWatcher::start(cfg)?),
+        };
+        let p = Publisher {
+            lag,
+            producer,
+            cfg: cfg.clone(),
+            topic: topic.to_string(),
+            partitioners: RwLock::default(),
+            max_task_bytes: cfg.producer.max_task_bytes,
+            metrics: None,
+            router,
+        };
+        let mut topics = vec![topic.to_string()];
+        if let Some(r) = &p.router {
+            topics.extend(r.general_topics());
+            topics.dedup();
+        }
+        for t in topics {
+            p.partitioner(&t).await?;
+        }
+        Ok(p)
+    }
+
+    /// The partitioner of `topic`, creating the topic on first use.
+    async fn partitioner(&self, topic: &str) -> Result<Arc<Partitioner>, PublishError> {
+        if let Some(p) = self.partitioners.read().expect("lock").get(topic) {
+            return Ok(p.clone());
+        }
+        let counts = kafka::ensure_topics(&self.cfg, &[topic]).await?;
         // Learn the topic's leaders now rather than on the first send, so the first
         // task's latency is not a metadata round trip longer than the rest.
-        let warm = producer.clone();
+        let warm = self.producer.clone();
         let (name, timeout) = (
             topic.to_string(),
-            Duration::from_millis(cfg.kafka.connect_timeout_ms),
+            Duration::from_millis(self.cfg.kafka.connect_timeout_ms),
         );
         let _ =
             tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&name), timeout))
                 .await;
-        Ok(Publisher {
-            producer,
-            topic: topic.to_string(),
-            partitioner: Partitioner::new(counts[0].1),
-            max_task_bytes: cfg.producer.max_task_bytes,
-            metrics: None,
-        })
+        let p = Arc::new(match &self.lag {
+            Some(w) => Partitioner::lag_aware(counts[0].1, w.table(topic, counts[0].1)),
+            None => Partitioner::new(counts[0].1),
+        });
+        self.partitioners
+            .write()
+            .expect("lock")
+            .entry(topic.to_string())
+            .or_insert(p.clone());
+        Ok(p)
     }
 
     /// Counts every publish in `metrics` (published, failed, time to acknowledge).
@@ -95,9 +154,21 @@ impl Publisher {
         self
     }
 
-    /// The topic's partition count.
+    /// The partition count of the task topic (the normal lane when routing).
     pub fn partitions(&self) -> i32 {
-        self.partitioner.partitions()
+        self.partitioners
+            .read()
+            .expect("lock")
+            .get(&self.topic)
+            .map_or(1, |p| p.partitions())
+    }
+
+    /// The topic `out` would be published to.
+    pub fn topic_for(&self, out: &Outgoing) -> Result<String, PublishError> {
+        match &self.router {
+            Some(r) => Ok(r.topic(&out.task)?),
+            None => Ok(self.topic.clone()),
+        }
     }
 
     /// Enqueues one task and returns a future that resolves with its delivery
@@ -133,22 +204,24 @@ impl Publisher {
     ) -> Result<impl Future<Output = Result<Delivered, PublishError>>, PublishError> {
         let value = check_size(out, self.max_task_bytes)?;
         let key = out.key.as_deref().map(str::as_bytes);
+        let topic = self.topic_for(out)?;
+        let partitioner = self.partitioner(&topic).await?;
         let partition = match partition {
-            Some(p) if p < 0 || p >= self.partitions() => {
+            Some(p) if p < 0 || p >= partitioner.partitions() => {
                 return Err(PublishError::NoSuchPartition {
-                    topic: self.topic.clone(),
+                    topic,
                     partition: p,
-                    partitions: self.partitions(),
+                    partitions: partitioner.partitions(),
                 })
             }
             Some(p) => p,
-            None => self.partitioner.choose(key),
+            None => partitioner.choose(key),
         };
         let traceparent = out
             .trace
             .map_or_else(TraceContext::new_root, |t| t.child())
             .to_string();
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+        let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
             .payload(&value)
             .partition(partition)
             .headers(OwnedHeaders::new().insert(Header {

@@ -7,6 +7,7 @@
 use crate::cli::ProduceArgs;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use sluice_common::task::now_ms;
 use sluice_common::{exporter, Config, Health, Metrics, Task, TraceContext};
 use sluice_producer::input::{parse_line, ranges};
 use sluice_producer::{Outgoing, PublishError, Publisher};
@@ -120,7 +121,17 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         Some(kind) => {
             let payload = serde_json::from_str(&args.payload)
                 .map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
-            Some(Task::new(kind.clone(), payload))
+            let mut task = Task::new(kind.clone(), payload);
+            task.priority = args.priority;
+            task.expected_ms = args.expected_ms;
+            if let Some(r) = &args.resources {
+                let v = serde_json::from_str(r)
+                    .map_err(|e| anyhow::anyhow!("--resources is not JSON: {e}"))?;
+                sluice_common::resources::Needs::parse(Some(&v))
+                    .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
+                task.resources = Some(v);
+            }
+            Some(task)
         }
         None => None,
     };
@@ -132,7 +143,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    let mut publisher = Publisher::connect(&cfg, &cfg.topics.tasks).await?;
+    // Routed: each task goes to its pool and lane topic (docs/SCHEDULING.md).
+    let mut publisher = Publisher::routed(&cfg).await?;
     let endpoint_stop = CancellationToken::new();
     let _endpoint_guard = endpoint_stop.clone().drop_guard();
     if args.metrics {
@@ -154,6 +166,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         eprintln!("metrics served at {url}");
         publisher = publisher.with_metrics(metrics);
     }
+    // One start time for the whole batch, taken once the cluster is reachable.
+    let not_before = args.delay.map(|d| now_ms() + d);
     let started = Instant::now();
     let (sent, failed, from_lines) = match template {
         Some(task) => {
@@ -161,6 +175,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             let mut batch = Batch::new(&publisher, args.partition, print_ids, Some(args.count));
             for i in 0..args.count {
                 let mut t = task.clone();
+                t.not_before_ms = not_before;
                 t.id = match (&args.id, args.count) {
                     (Some(id), 1) => Some(id.clone()),
                     (Some(id), _) => Some(format!("{id}-{i}")),
@@ -202,7 +217,12 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 match parse_line(&line) {
-                    Ok(out) => batch.push(n, out.with_trace(trace)).await,
+                    Ok(mut out) => {
+                        if out.task.not_before_ms.is_none() {
+                            out.task.not_before_ms = not_before;
+                        }
+                        batch.push(n, out.with_trace(trace)).await
+                    }
                     Err(e) => batch.fail(n, e.to_string()),
                 }
             }

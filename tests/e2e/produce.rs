@@ -202,3 +202,31 @@ fn secrets_stay_out_of_logs_and_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_delayed_task_starts_no_earlier_than_asked() {
+    let broker = Broker::start();
+    let env = Env::new(&broker, "delay");
+    let _w = env.spawn(&["worker"]);
+    let out = env.run(&["produce", "--kind", "noop", "--delay", "5x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown unit `x`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "produce", "--kind", "noop", "--id", "soon", "--delay", "1.5s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["produce", "--kind", "noop", "--id", "now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let results = env.results(2, Duration::from_secs(60));
+    let tasks = by_task(&results);
+    let soon = tasks["soon"][0];
+    let waited = soon["started_ms"].as_u64().unwrap() - soon["created_ms"].as_u64().unwrap();
+    assert!(waited >= 1500, "started {waited} ms after creation");
+    assert!(waited < 6000, "started {waited} ms after creation");
+    // The delayed task held nothing up: the later one finished first.
+    assert!(tasks["now"][0]["finished_ms"].as_u64() < soon["started_ms"].as_u64());
+}

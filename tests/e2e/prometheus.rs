@@ -178,6 +178,7 @@ const BATCH: &str = r#"{"kind":"echo","payload":{"n":1},"key":"a"}
 {"kind":"echo","payload":{"n":3}}
 {"kind":"sleep","payload":{"ms":20}}
 {"kind":"sleep","payload":{"ms":5}}
+{"kind":"sleep","payload":{"ms":5},"resources":{"cpu":1},"priority":2}
 {"kind":"square","payload":7}
 {"kind":"noop"}
 {"kind":"fail","payload":{"times":1}}
@@ -271,7 +272,8 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     cmd.env("SLUICE_METRICS__LISTEN", "127.0.0.1:0")
         .env("SLUICE_METRICS__STATISTICS_INTERVAL_MS", "1000")
         .env("SLUICE_WORKER__RETRY__BACKOFF_INITIAL_MS", "50")
-        .env("SLUICE_WORKER__RETRY__BACKOFF_MAX_MS", "100");
+        .env("SLUICE_WORKER__RETRY__BACKOFF_MAX_MS", "100")
+        .env("SLUICE_WORKER__SCHEDULER__CAPACITY__CPU", "4");
     let (worker, worker_addr) = spawn_serving(cmd, "worker prom-worker");
     wait_ready(worker_addr, Duration::from_secs(60));
 

@@ -8,6 +8,14 @@
 //! instead of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
 //! partitions and keeps polling instead of blocking.
 //!
+//! With several lane topics (priority lanes, the long-task lane) each lane topic
+//! also has a budget of its own: when `max_buffered_tasks` of one lane are
+//! handed out, that lane's partitions are paused at once, which also drops what
+//! librdkafka prefetched of them. Otherwise a backlog of one lane (say `low`)
+//! would fill the buffer and the prefetch queue, and the worker would not
+//! fetch another lane (`high`) until it worked through it: the scheduler can
+//! only prefer what it has.
+//!
 //! Offsets: a record's offset is stored (for the next auto-commit) only when the
 //! [`OffsetTracker`] says every earlier offset of its partition is done; on revoke
 //! and at shutdown the thread waits for in-flight tasks up to a deadline and commits
@@ -29,7 +37,7 @@ use rdkafka::message::{BorrowedHeaders, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::metrics::Rebalance as RebalanceEvent;
 use sluice_common::{trace, Health, Metrics, TraceContext};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +72,8 @@ struct PollState {
     tracker: OffsetTracker,
     completions: mpsc::Receiver<Completion>,
     handed_out: usize,
+    /// `handed_out` by topic, for the per-lane budgets.
+    by_topic: HashMap<Arc<str>, usize>,
     next_epoch: u64,
     assignment_changed: bool,
     /// Partitions whose position may have moved since offsets were last stored.
@@ -99,6 +109,7 @@ impl WorkerContext {
                 tracker: OffsetTracker::default(),
                 completions,
                 handed_out: 0,
+                by_topic: HashMap::new(),
                 next_epoch: 1,
                 assignment_changed: false,
                 unstored: Vec::new(),
@@ -202,6 +213,9 @@ impl WorkerContext {
         let mut tp: Tp = (String::new(), 0);
         for c in first.into_iter().chain(st.completions.try_iter()) {
             st.handed_out -= 1;
+            if let Some(n) = st.by_topic.get_mut(&c.topic) {
+                *n -= 1;
+            }
             if *tp.0 != *c.topic {
                 tp.0.clear();
                 tp.0.push_str(&c.topic);
@@ -413,6 +427,9 @@ const FINAL_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 pub(crate) struct PollLimits {
     pub max_buffered: usize,
     pub shutdown_timeout: Duration,
+    /// Lane topics with a budget of `max_buffered` each; empty with one lane.
+    /// The whole buffer then holds `max_buffered` per lane topic.
+    pub lane_topics: Vec<String>,
 }
 
 /// What the poll thread saw, reported when it ends.
@@ -432,6 +449,9 @@ pub(crate) fn poll_loop(
 ) -> PollReport {
     let ctx = consumer.context().clone();
     let mut paused = false;
+    // Lane topics paused for their own budget (see the module docs).
+    let mut lanes_paused: HashSet<String> = HashSet::new();
+    let max_total = limits.max_buffered * limits.lane_topics.len().max(1);
     let mut full_since: Option<Instant> = None;
     // Reused per record: no allocation for the tracker lookup or the topic name.
     let mut tp: Tp = (String::new(), 0);
@@ -443,26 +463,54 @@ pub(crate) fn poll_loop(
             let mut st = ctx.state();
             (st.handed_out, std::mem::take(&mut st.assignment_changed))
         };
-        let full = in_flight >= limits.max_buffered;
+        if !limits.lane_topics.is_empty() {
+            let by_topic = ctx.state().by_topic.clone();
+            let count = |t: &str| by_topic.get(t).copied().unwrap_or(0);
+            for t in &limits.lane_topics {
+                let was = lanes_paused.contains(t);
+                if count(t) >= limits.max_buffered && (!was || changed) {
+                    set_paused(&consumer, true, |x| x == t);
+                    lanes_paused.insert(t.clone());
+                } else if was && count(t) <= limits.max_buffered / 2 {
+                    lanes_paused.remove(t);
+                    if !paused {
+                        set_paused(&consumer, false, |x| x == t);
+                    }
+                }
+            }
+        }
+        let full = in_flight >= max_total;
         if !full {
             full_since = None;
         }
         let stalled = full && full_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER;
+        // Resuming leaves lanes paused for their own budget paused.
+        let resumable = |t: &str| !lanes_paused.contains(t);
         if stalled && (!paused || changed) {
-            set_paused(&consumer, true);
+            set_paused(&consumer, true, |_| true);
             paused = true;
-        } else if paused && in_flight <= limits.max_buffered / 2 {
-            set_paused(&consumer, false);
+        } else if paused && in_flight <= max_total / 2 {
+            set_paused(&consumer, false, resumable);
             paused = false;
         } else if changed && !paused {
             // librdkafka keeps a partition's pause flag across revoke and re-assign:
             // a partition paused, taken away and given back would stay paused for
             // good (seen: partitions stalled for minutes after a rebalance storm).
-            set_paused(&consumer, false);
+            set_paused(&consumer, false, resumable);
         }
         let held = ctx.admission.counters.assigned();
-        ctx.metrics
-            .poll_state(in_flight, if paused { held } else { 0 });
+        let held_paused = if paused {
+            held
+        } else if lanes_paused.is_empty() {
+            0
+        } else {
+            ctx.admission
+                .assigned()
+                .iter()
+                .filter(|(t, _)| lanes_paused.contains(t))
+                .count()
+        };
+        ctx.metrics.poll_state(in_flight, held_paused);
         if full && !paused {
             // Full, but tasks are finishing: wait for room rather than pausing.
             // A pause throws away what librdkafka prefetched, and a resumed
@@ -511,6 +559,7 @@ pub(crate) fn poll_loop(
                         topics[topics.len() - 1].clone()
                     }
                 };
+                *ctx.state().by_topic.entry(topic.clone()).or_default() += 1;
                 let inc = Incoming {
                     topic,
                     partition: msg.partition(),
@@ -538,7 +587,7 @@ pub(crate) fn poll_loop(
     }
     // Shutdown: fetch nothing more, let in-flight tasks finish, commit, leave.
     ctx.health.stopping();
-    set_paused(&consumer, true);
+    set_paused(&consumer, true, |_| true);
     let deadline = Instant::now() + limits.shutdown_timeout;
     let assigned = ctx.assigned();
     loop {
@@ -572,10 +621,17 @@ fn trace_context(headers: &BorrowedHeaders) -> Option<TraceContext> {
     TraceContext::parse(std::str::from_utf8(h.value?).ok()?)
 }
 
-fn set_paused(consumer: &BaseConsumer<WorkerContext>, pause: bool) {
-    let Ok(assignment) = consumer.assignment() else {
+/// Pauses (or resumes) the assigned partitions of the topics `which` selects.
+fn set_paused(consumer: &BaseConsumer<WorkerContext>, pause: bool, which: impl Fn(&str) -> bool) {
+    let Ok(all) = consumer.assignment() else {
         return;
     };
+    let mut assignment = TopicPartitionList::new();
+    for e in all.elements() {
+        if which(e.topic()) {
+            assignment.add_partition(e.topic(), e.partition());
+        }
+    }
     if assignment.count() == 0 {
         return;
     }

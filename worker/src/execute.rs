@@ -1,5 +1,5 @@
 //! Running one record to its outcome: decode, wait for its start time, take a
-//! concurrency permit, pass admission, run attempts (timeouts and panics caught),
+//! scheduler slot, pass admission, run attempts (timeouts and panics caught),
 //! and decide: a result, a dead letter, or a retry. Then make the outcome durable
 //! and report the record done to the poll thread.
 //!
@@ -14,6 +14,7 @@ use crate::counters::Counters;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::outbox::{DeadLetter, Outbox};
 use crate::retry::RetryPolicy;
+use crate::scheduler::Scheduler;
 use crate::valve::Valve;
 use futures::FutureExt;
 use serde_json::Value;
@@ -23,8 +24,7 @@ use sluice_common::{Coordinates, Metrics, Status, Task, TaskResult, TraceContext
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
-use tokio::sync::Semaphore;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -53,6 +53,8 @@ pub(crate) struct Executor {
     pub counters: Arc<Counters>,
     pub metrics: Arc<Metrics>,
     pub valve: Valve,
+    /// Grants slots: lanes, queue policy, resources, rate limits.
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// Facts about a record shared by every result it can produce.
@@ -64,12 +66,7 @@ struct Origin {
 impl Executor {
     /// Runs `inc` to an outcome; `None` when it must not run here (see
     /// [`Admission`]) and was handed back. `in_place`: retry in this lane.
-    pub async fn run(
-        &self,
-        inc: &Incoming,
-        permits: &Semaphore,
-        in_place: bool,
-    ) -> Option<Outcome> {
+    pub async fn run(&self, inc: &Incoming, in_place: bool) -> Option<Outcome> {
         let origin = Origin {
             coords: Coordinates {
                 topic: inc.topic.to_string(),
@@ -96,6 +93,16 @@ impl Executor {
             .id
             .clone()
             .unwrap_or_else(|| origin.coords.derived_id());
+        let ticket = match self.scheduler.plan(&inc.topic, &task) {
+            Ok(t) => t,
+            Err(why) => {
+                if !self.admit(inc) {
+                    return None;
+                }
+                tracing::warn!(error = %why, task.id = %id, "task can never run on this worker");
+                return Some(self.give_up_on(&origin, id, Some(&task), now_ms(), why));
+            }
+        };
         if let Some(at) = task.not_before_ms {
             let wait = at.saturating_sub(now_ms());
             if wait > 0 {
@@ -113,7 +120,7 @@ impl Executor {
             .map(Duration::from_millis);
         let mut started_ms = None;
         loop {
-            let permit = permits.acquire().await.expect("semaphore never closes");
+            let slot = self.scheduler.acquire(&task.kind, &ticket).await;
             if started_ms.is_none() {
                 if !self.admit(inc) {
                     return None;
@@ -123,9 +130,12 @@ impl Executor {
                 // Later attempts (from the retry topic) waited for their backoff,
                 // not in a queue.
                 if task.attempt() == 1 {
-                    self.metrics
-                        .task_started(since(task.created_ms.or(origin.record_ms), now));
+                    let wait = since(task.created_ms.or(origin.record_ms), now);
+                    self.metrics.task_started(wait);
+                    self.metrics.lane_started(slot.lane(), wait);
                 }
+            } else {
+                self.metrics.lane_started(slot.lane(), None);
             }
             let started = started_ms.unwrap_or_default();
             if let Some(deadline) = task.deadline_ms.filter(|d| now_ms() > *d) {
@@ -144,12 +154,14 @@ impl Executor {
             let trace_id = inc.trace.map(|t| t.trace_id_hex());
             let span = tracing::info_span!("task", task.id = %id, kind = %task.kind, partition = inc.partition, offset = inc.offset, attempt, trace_id = trace_id.as_deref().unwrap_or("none"));
             let running = self.metrics.attempt_started(&labels);
+            let began = Instant::now();
             let ran = self
                 .attempt(&task, &id, inc, timeout)
                 .instrument(span.clone())
                 .await;
             drop(running);
-            drop(permit);
+            slot.ran(&task.kind, began.elapsed(), ran.is_ok());
+            drop(slot);
             let _enter = span.enter();
             let error = match ran {
                 Ok(output) => {

@@ -4,15 +4,14 @@
 //! In `key` mode a lane is (partition, key) and keyless tasks have no lane; in
 //! `partition` mode a lane is the partition; in `none` mode nothing has a lane.
 //! A lane exists only while it has work: the runner that empties it removes it.
-//! Concurrency across lanes is capped by a semaphore whose permit is held only
-//! while a handler runs.
+//! Only the head of a lane is ever ready; ready tasks then wait for a slot from
+//! the [`Scheduler`](crate::scheduler::Scheduler), held only while a handler runs.
 
 use crate::consumer::Incoming;
 use crate::execute::Executor;
 use sluice_common::config::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,22 +25,15 @@ struct LaneKey {
 pub(crate) struct Lanes {
     ordering: Ordering,
     queues: Mutex<HashMap<LaneKey, VecDeque<Incoming>>>,
-    permits: Arc<Semaphore>,
     executor: Arc<Executor>,
     tasks: TaskTracker,
 }
 
 impl Lanes {
-    pub fn new(
-        ordering: Ordering,
-        concurrency: usize,
-        executor: Arc<Executor>,
-        tasks: TaskTracker,
-    ) -> Arc<Self> {
+    pub fn new(ordering: Ordering, executor: Arc<Executor>, tasks: TaskTracker) -> Arc<Self> {
         Arc::new(Lanes {
             ordering,
             queues: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(concurrency)),
             executor,
             tasks,
         })
@@ -69,9 +61,8 @@ impl Lanes {
             // Nothing waits behind a task without a lane: it settles its own
             // outcome, one spawned task per record instead of two.
             let executor = self.executor.clone();
-            let permits = self.permits.clone();
             self.tasks.spawn(async move {
-                if let Some(outcome) = executor.run(&inc, &permits, false).await {
+                if let Some(outcome) = executor.run(&inc, false).await {
                     executor.settle(inc, outcome).await;
                 }
             });
@@ -105,12 +96,12 @@ impl Lanes {
         }
     }
 
-    /// Runs a record of a lane to its outcome (the executor takes a permit only
-    /// while a handler runs; retries wait in the lane). The outcome is made durable
+    /// Runs a record of a lane to its outcome (the executor holds a scheduler
+    /// slot only while a handler runs; retries wait in the lane). The outcome is made durable
     /// in the background: the next task of the lane may start as soon as this one
     /// is decided, while its offset still waits for the writes.
     async fn run_one(&self, inc: Incoming) {
-        if let Some(outcome) = self.executor.run(&inc, &self.permits, true).await {
+        if let Some(outcome) = self.executor.run(&inc, true).await {
             let executor = self.executor.clone();
             self.tasks
                 .spawn(async move { executor.settle(inc, outcome).await });

@@ -38,7 +38,10 @@
 //! - [`counters`]: live [`Counters`] of a running worker.
 //! - `consumer`: the poll thread and rebalance handling.
 //! - `admission`: which handed-out tasks may still start when a partition closes.
-//! - `lanes`: ordering modes and the concurrency limit.
+//! - `lanes`: ordering modes: only the oldest unfinished task of a key is ready.
+//! - `scheduler`: which ready task gets the next slot — priority lanes with
+//!   fair shares, queue policies, resource capacity, rate limits, adaptive
+//!   concurrency (docs/SCHEDULING.md).
 //! - `execute`: one task from record to durable result.
 //! - `outbox`: results, dead letters and retries, each written until durable.
 //! - `gatherer`: the job gatherer — sub-task results to job results (docs/JOBS.md).
@@ -57,6 +60,7 @@ pub mod handler;
 mod lanes;
 mod outbox;
 pub mod retry;
+mod scheduler;
 pub mod tracker;
 mod valve;
 pub mod worker;

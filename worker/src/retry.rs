@@ -90,7 +90,7 @@ mod tests {
             "k".into(),
             KindConfig {
                 max_attempts: Some(2),
-                timeout_ms: None,
+                ..KindConfig::default()
             },
         );
         let mut t = Task::new("other", serde_json::Value::Null);

@@ -11,9 +11,11 @@ use crate::gatherer::Gatherer;
 use crate::handler::Registry;
 use crate::lanes::Lanes;
 use crate::outbox::Outbox;
+use crate::scheduler::Scheduler;
 use crate::valve::Valve;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
+use sluice_common::routing::Routes;
 use sluice_common::telemetry::default_worker_id;
 use sluice_common::{exporter, kafka, Config, Health, Metrics};
 use std::sync::{mpsc, Arc};
@@ -110,17 +112,13 @@ pub async fn run_with(
         None
     };
     metrics.worker_started(&worker_id, &w.group, &registry.kinds());
-    let (retry_topic, dlq_topic) = (cfg.topics.retry_topic(), cfg.topics.dead_letter_topic());
-    kafka::ensure_topics(
-        &cfg,
-        &[
-            &cfg.topics.tasks,
-            &cfg.topics.results,
-            &retry_topic,
-            &dlq_topic,
-        ],
-    )
-    .await?;
+    // The lanes of this worker's pool, then its retry topic.
+    let routes = Routes::new(&cfg.topics, w.pool.as_deref());
+    let consumed = routes.consumed();
+    let (retry_topic, dlq_topic) = (routes.retry().to_string(), cfg.topics.dead_letter_topic());
+    let mut topics: Vec<&str> = consumed.iter().map(String::as_str).collect();
+    topics.extend([cfg.topics.results.as_str(), dlq_topic.as_str()]);
+    kafka::ensure_topics(&cfg, &topics).await?;
     let producer = kafka::worker_producer(&cfg, &worker_id, metrics.clone())?;
     // The caller's token, or the safety valve, stops the worker.
     let shutdown = shutdown.child_token();
@@ -137,10 +135,11 @@ pub async fn run_with(
     let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&cfg, &worker_id)
         .create_with_context(context)
         .map_err(sluice_common::Error::client)?;
+    let subscription: Vec<&str> = consumed.iter().map(String::as_str).collect();
     consumer
-        .subscribe(&[&cfg.topics.tasks, &retry_topic])
+        .subscribe(&subscription)
         .map_err(sluice_common::Error::client)?;
-    tracing::info!(worker.id = %worker_id, group = %w.group, topic = %cfg.topics.tasks, concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
+    tracing::info!(worker.id = %worker_id, group = %w.group, topics = %consumed.join(","), concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
 
     let gatherer = cfg.worker.gatherer.then(|| {
         let g = Gatherer {
@@ -159,6 +158,12 @@ pub async fn run_with(
     });
 
     let give_up = CancellationToken::new();
+    let scheduler = Scheduler::new(w, routes.clone(), metrics.clone());
+    let signal = tokio::spawn(scheduler.clone().signal_scaling(
+        counters.clone(),
+        w.scheduler.scaling_drain_s,
+        shutdown.clone(),
+    ));
     let executor = Arc::new(Executor {
         registry,
         outbox: Outbox {
@@ -176,13 +181,21 @@ pub async fn run_with(
         counters: counters.clone(),
         metrics: metrics.clone(),
         valve: Valve::new(w.max_dead_letters_per_minute, shutdown.clone()),
+        scheduler,
     });
     let tasks = TaskTracker::new();
-    let lanes = Lanes::new(w.ordering, w.concurrency, executor.clone(), tasks.clone());
+    let lanes = Lanes::new(w.ordering, executor.clone(), tasks.clone());
 
+    let lane_topics: Vec<String> = routes.lanes().iter().map(|l| routes.topic(*l)).collect();
     let limits = PollLimits {
         max_buffered: w.max_buffered_tasks,
         shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
+        // One lane: the whole buffer is the one topic's (and the retry topic's).
+        lane_topics: if lane_topics.len() > 1 {
+            lane_topics
+        } else {
+            Vec::new()
+        },
     };
     let stop = shutdown.clone();
     // The poll thread starts tasks itself (no channel hop): its blocking-pool
@@ -230,6 +243,7 @@ pub async fn run_with(
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     watchdog.abort();
+    signal.abort();
     if let Some(g) = gatherer {
         if tokio::time::timeout(LEAVE_GRACE, g).await.is_err() {
             tracing::error!("the job gatherer did not stop in time");

@@ -3,4 +3,5 @@
 
 mod pipeline;
 mod reliability;
+mod scheduling;
 mod support;
