@@ -75,7 +75,10 @@ struct PollState {
     /// `handed_out` by topic, for the per-lane budgets.
     by_topic: HashMap<Arc<str>, usize>,
     next_epoch: u64,
-    assignment_changed: bool,
+    /// Partitions assigned since the poll loop last looked.
+    newly_assigned: Vec<Tp>,
+    /// A rebalance callback ran since the poll loop last looked.
+    rebalanced: bool,
     /// Partitions whose position may have moved since offsets were last stored.
     unstored: Vec<Tp>,
     last_store: Instant,
@@ -111,7 +114,8 @@ impl WorkerContext {
                 handed_out: 0,
                 by_topic: HashMap::new(),
                 next_epoch: 1,
-                assignment_changed: false,
+                newly_assigned: Vec::new(),
+                rebalanced: false,
                 unstored: Vec::new(),
                 last_store: Instant::now(),
             }),
@@ -363,6 +367,7 @@ impl ConsumerContext for WorkerContext {
                     self.commit(consumer, &tps);
                 }
                 self.admission.remove(&tps);
+                self.state().rebalanced = true;
                 self.rebalanced(RebalanceEvent::Revoked);
                 let mut st = self.state();
                 for tp in &tps {
@@ -391,7 +396,8 @@ impl ConsumerContext for WorkerContext {
                     self.admission.open(tp.clone(), epoch);
                 }
             }
-            st.assignment_changed = true;
+            st.newly_assigned.extend(tps.iter().cloned());
+            st.rebalanced = true;
             drop(st);
             self.admission
                 .counters
@@ -416,6 +422,12 @@ fn render(tps: &[Tp]) -> String {
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long one wait for room in a full buffer lasts.
 const FULL_WAIT: Duration = Duration::from_millis(5);
+
+/// Partitions asked for watermarks to wake their brokers' fetchers after a resume.
+const WAKE_PARTITIONS: usize = 16;
+/// Time limit of one such request, and of all of them together.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(100);
+const WAKE_BUDGET: Duration = Duration::from_millis(250);
 
 /// Offsets are stored for the next auto-commit at most this often.
 const STORE_EVERY: Duration = Duration::from_millis(10);
@@ -459,10 +471,16 @@ pub(crate) fn poll_loop(
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.is_cancelled() {
         ctx.absorb(&consumer, Duration::ZERO);
-        let (in_flight, changed) = {
+        let (in_flight, new, rebalanced) = {
             let mut st = ctx.state();
-            (st.handed_out, std::mem::take(&mut st.assignment_changed))
+            (
+                st.handed_out,
+                std::mem::take(&mut st.newly_assigned),
+                std::mem::take(&mut st.rebalanced),
+            )
         };
+        let changed = !new.is_empty();
+        let mut resumed = false;
         if !limits.lane_topics.is_empty() {
             let by_topic = ctx.state().by_topic.clone();
             let count = |t: &str| by_topic.get(t).copied().unwrap_or(0);
@@ -475,6 +493,7 @@ pub(crate) fn poll_loop(
                     lanes_paused.remove(t);
                     if !paused {
                         set_paused(&consumer, false, |x| x == t);
+                        resumed = true;
                     }
                 }
             }
@@ -492,11 +511,19 @@ pub(crate) fn poll_loop(
         } else if paused && in_flight <= max_total / 2 {
             set_paused(&consumer, false, resumable);
             paused = false;
+            resumed = true;
         } else if changed && !paused {
             // librdkafka keeps a partition's pause flag across revoke and re-assign:
             // a partition paused, taken away and given back would stay paused for
             // good (seen: partitions stalled for minutes after a rebalance storm).
-            set_paused(&consumer, false, resumable);
+            // Only the new ones: a resume restarts a partition's fetcher, which
+            // stalled the partitions a worker kept through a rebalance for up to
+            // a second (seen in `sluice bench`'s add-worker scenario).
+            let new: Vec<Tp> = new.into_iter().filter(|(t, _)| resumable(t)).collect();
+            resume(&consumer, &new);
+        }
+        if rebalanced || resumed {
+            wake_fetchers(&consumer);
         }
         let held = ctx.admission.counters.assigned();
         let held_paused = if paused {
@@ -619,6 +646,40 @@ pub(crate) fn poll_loop(
 fn trace_context(headers: &BorrowedHeaders) -> Option<TraceContext> {
     let h = headers.iter().find(|h| h.key == trace::HEADER)?;
     TraceContext::parse(std::str::from_utf8(h.value?).ok()?)
+}
+
+/// Gets fetching going again after partitions were resumed, by us or by
+/// librdkafka itself (it pauses the assignment while a rebalance is served).
+/// A resume clears the pause flag but does not wake the broker thread, which,
+/// with nothing left to fetch, sleeps until I/O or for up to a second
+/// (librdkafka 2.12, `rd_kafka_toppar_pause_resume`); measured: no task for
+/// 750 ms after a worker joined, on the partitions the others kept. A request
+/// to a partition's leader is I/O on that thread, so asking a few partitions
+/// for their watermarks wakes their brokers' threads. Bounded: a few round
+/// trips, each with a short timeout.
+fn wake_fetchers(consumer: &BaseConsumer<WorkerContext>) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let started = Instant::now();
+    for e in assignment.elements().iter().take(WAKE_PARTITIONS) {
+        if started.elapsed() >= WAKE_BUDGET {
+            break;
+        }
+        if let Err(err) = consumer.fetch_watermarks(e.topic(), e.partition(), WAKE_TIMEOUT) {
+            tracing::debug!(error = %err, "watermark request to wake the fetcher failed");
+        }
+    }
+}
+
+fn resume(consumer: &BaseConsumer<WorkerContext>, tps: &[Tp]) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in tps {
+        tpl.add_partition(topic, *partition);
+    }
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::warn!(error = %e, "could not resume newly assigned partitions");
+    }
 }
 
 /// Pauses (or resumes) the assigned partitions of the topics `which` selects.

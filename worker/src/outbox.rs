@@ -14,6 +14,9 @@ use sluice_common::{trace, Status, Task, TaskResult, TraceContext};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Bytes reserved for a result record before encoding it.
+const RESULT_CAPACITY: usize = 512;
+
 /// Why a record is dead-lettered, for its headers.
 pub(crate) struct DeadLetter<'a> {
     pub error: &'a str,
@@ -46,7 +49,10 @@ impl Outbox {
         trace: &TraceContext,
         give_up: &CancellationToken,
     ) -> Option<Status> {
-        let value = serde_json::to_vec(result).expect("a result always serializes");
+        // Sized for a typical result up front: growing from empty reallocated
+        // and copied it about seven times (measured with callgrind).
+        let mut value = Vec::with_capacity(RESULT_CAPACITY);
+        serde_json::to_writer(&mut value, result).expect("a result always serializes");
         match self
             .send(
                 &self.results,
