@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Warm-up tasks per partition, answered before the measured load starts.
+const WARM_UP_PER_PARTITION: usize = 4;
 /// How long to keep reading after the last expected result, to catch duplicates.
 const DUPLICATE_WATCH: Duration = Duration::from_millis(500);
 /// How long without a new result, after publishing ended, before the missing
@@ -105,6 +107,7 @@ pub fn drive(cfg: &Config, topics: &Topics, load: &Load, run: &str) -> anyhow::R
     let observer = Observer::open(cfg, topics, run, load.tasks)?;
     let published_all = observer.published_all.clone();
     let expected = observer.expected.clone();
+    let warmed = observer.warmed.clone();
     let watching = std::thread::Builder::new()
         .name("bench-observer".into())
         .spawn(move || observer.watch())?;
@@ -112,8 +115,36 @@ pub fn drive(cfg: &Config, topics: &Topics, load: &Load, run: &str) -> anyhow::R
     let failed = Arc::new(AtomicUsize::new(0));
     let producer: BaseProducer<Deliveries> = kafka::producer_config(cfg, "sluice-bench-load")
         .create_with_context(Deliveries(failed.clone()))?;
-    let template = load.work.template(&format!("{run}-"), load.payload_bytes);
     let (mut id, mut value) = (String::new(), Vec::new());
+    // Warm-up: a fresh consumer's first fetches (offset lookups, fetch start)
+    // take hundreds of milliseconds that are not the pipeline's steady state.
+    let warm_up = WARM_UP_PER_PARTITION * topics.partitions as usize;
+    let template = load.work.template(&format!("{run}-w"), load.payload_bytes);
+    for i in 0..warm_up {
+        id.clear();
+        let _ = write!(id, "{run}-w{i}");
+        template.fill(i, &mut value);
+        let record = BaseRecord::to(&topics.tasks)
+            .key(id.as_bytes())
+            .payload(&value)
+            .partition(i as i32 % topics.partitions);
+        producer
+            .send(record)
+            .map_err(|(e, _)| anyhow::anyhow!("cannot enqueue a warm-up task: {e}"))?;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("warm-up tasks not delivered: {e}"))?;
+    let waiting = Instant::now();
+    while warmed.load(Ordering::SeqCst) < warm_up {
+        anyhow::ensure!(
+            waiting.elapsed() < IDLE_LIMIT,
+            "the pipeline answered {} of {warm_up} warm-up tasks within {IDLE_LIMIT:?}",
+            warmed.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let template = load.work.template(&format!("{run}-"), load.payload_bytes);
     let mut created = Vec::with_capacity(load.tasks);
     let started = Instant::now();
     let cpu_before = process_cpu();
@@ -193,6 +224,8 @@ struct Observer {
     tasks: usize,
     published_all: Arc<AtomicBool>,
     expected: Arc<AtomicUsize>,
+    /// Results of warm-up tasks seen.
+    warmed: Arc<AtomicUsize>,
 }
 
 struct Seen {
@@ -221,6 +254,7 @@ impl Observer {
             tasks,
             published_all: Arc::new(AtomicBool::new(false)),
             expected: Arc::new(AtomicUsize::new(tasks)),
+            warmed: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -235,10 +269,14 @@ impl Observer {
         loop {
             match self.consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => {
-                    let index = m
+                    let number = m
                         .key()
                         .and_then(|k| std::str::from_utf8(k).ok())
-                        .and_then(|k| k.strip_prefix(&self.prefix))
+                        .and_then(|k| k.strip_prefix(&self.prefix));
+                    if number.is_some_and(|n| n.starts_with('w')) {
+                        self.warmed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let index = number
                         .and_then(|n| n.parse::<usize>().ok())
                         .filter(|n| *n < self.tasks);
                     if let Some(i) = index {

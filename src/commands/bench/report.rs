@@ -176,6 +176,12 @@ pub struct ScaleStep {
     pub sluice: Figures,
     /// Measured throughput / bound.
     pub of_bound: f64,
+    /// What one sleep of `task_ms` lasts in this process (timer granularity).
+    pub measured_task_ms: f64,
+    /// workers x concurrency / measured task time.
+    pub measured_bound_tasks_per_s: f64,
+    /// Measured throughput / that bound.
+    pub of_measured_bound: f64,
     /// Tasks each worker finished.
     pub per_worker: Vec<u64>,
 }
@@ -258,13 +264,16 @@ impl Report {
             out += "\nscale-out on sleep tasks (bound = workers x concurrency / task time)\n";
             for st in &self.scale_out {
                 out += &format!(
-                    "  {} worker(s) x {} on {} ms: {:.0} tasks/s of {:.0} bound ({:.0} %), p99 {} ms, per worker {:?}, lost {}\n",
+                    "  {} worker(s) x {} on {} ms: {:.0} tasks/s of {:.0} bound ({:.0} %; {:.0} % of {:.0} with the measured {:.2} ms sleep), p99 {} ms, per worker {:?}, lost {}\n",
                     st.workers,
                     st.concurrency,
                     st.task_ms,
                     st.sluice.tasks_per_s,
                     st.bound_tasks_per_s,
                     st.of_bound * 100.0,
+                    st.of_measured_bound * 100.0,
+                    st.measured_bound_tasks_per_s,
+                    st.measured_task_ms,
                     st.sluice.latency_ms.p99,
                     st.per_worker,
                     st.sluice.lost

@@ -177,9 +177,11 @@ impl Bench {
         concurrency: usize,
         seconds: f64,
     ) -> anyhow::Result<Vec<ScaleStep>> {
+        let slept = measured_sleep(task_ms, concurrency).await;
         let mut steps = Vec::new();
         for workers in SCALE_STEPS {
             let bound = (workers * concurrency) as f64 * 1000.0 / task_ms as f64;
+            let timer_bound = (workers * concurrency) as f64 / slept.as_secs_f64();
             let tasks = ((bound * seconds) as usize).max(100);
             eprintln!("scale-out: {workers} worker(s), {tasks} tasks of {task_ms} ms");
             let load = self.load(tasks, None, Work::Sleep { ms: task_ms });
@@ -193,6 +195,9 @@ impl Bench {
                 task_ms,
                 bound_tasks_per_s: bound,
                 of_bound: sluice.tasks_per_s / bound,
+                measured_task_ms: slept.as_secs_f64() * 1e3,
+                measured_bound_tasks_per_s: timer_bound,
+                of_measured_bound: sluice.tasks_per_s / timer_bound,
                 sluice,
                 per_worker,
             });
@@ -252,6 +257,28 @@ impl Bench {
             per_worker,
         })
     }
+}
+
+/// How long a `sleep` task of `ms` really sleeps here: tokio's timer has
+/// millisecond ticks and rounds a deadline up to the next one, so a 1 ms sleep
+/// lasts up to 2 ms. Measured with `concurrency` sleepers at once, as a worker
+/// runs them.
+async fn measured_sleep(ms: u64, concurrency: usize) -> Duration {
+    const ROUNDS: u32 = 50;
+    let started = Instant::now();
+    let sleepers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            })
+        })
+        .collect();
+    for s in sleepers {
+        let _ = s.await;
+    }
+    started.elapsed() / ROUNDS
 }
 
 /// Results per second in each window from the first result until the last task
