@@ -465,6 +465,9 @@ pub enum ScenarioArg {
     ScaleOut,
     /// A second worker joins under load: throughput over time, time to its first task.
     AddWorker,
+    /// Priority lanes, FIFO vs shortest-expected-first, lag-aware vs round-robin
+    /// partitioning, each against its baseline (docs/SCHEDULING.md).
+    Scheduling,
 }
 
 /// `sluice bench --kind`.

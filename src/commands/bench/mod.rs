@@ -3,7 +3,8 @@
 //!
 //! Parts: `options` (workload and client profile), `load` (the producer and the
 //! observer both pipelines share), `pipeline` (Sluice workers in this process),
-//! `baseline` (the raw pipe), `scenarios`, `report`. docs/BENCHMARKS.md explains
+//! `baseline` (the raw pipe), `scenarios`, `scheduling` (the scheduling
+//! strategies against their baselines), `report`. docs/BENCHMARKS.md explains
 //! the method and keeps the figures.
 
 mod baseline;
@@ -12,6 +13,7 @@ mod options;
 mod pipeline;
 mod report;
 mod scenarios;
+mod scheduling;
 
 use crate::cli::{BenchArgs, ScenarioArg};
 use report::{Machine, Report, Settings};
@@ -50,6 +52,7 @@ pub async fn run(args: BenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         linger_ms: cfg.producer.linger_ms,
         fetch_wait_max_ms: cfg.kafka.fetch_wait_max_ms,
     };
+    let scheduling_cfg = cfg.clone();
     let bench = Bench::new(
         cfg,
         format!("bench-{}", now_ms()),
@@ -63,6 +66,7 @@ pub async fn run(args: BenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         latency: Vec::new(),
         scale_out: Vec::new(),
         add_worker: None,
+        scheduling: None,
         lost: 0,
         duplicates: 0,
     };
@@ -101,6 +105,10 @@ pub async fn run(args: BenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 report.scale_out = bench
                     .scale_out(args.task_ms.max(1), args.scale_concurrency, args.seconds)
                     .await?
+            }
+            ScenarioArg::Scheduling => {
+                report.scheduling =
+                    Some(scheduling::run(&scheduling_cfg, &format!("{}-sched", bench.run)).await?)
             }
             ScenarioArg::AddWorker => {
                 report.add_worker = Some(

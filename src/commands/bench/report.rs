@@ -19,6 +19,9 @@ pub struct Report {
     pub scale_out: Vec<ScaleStep>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub add_worker: Option<AddWorker>,
+    /// The scheduling comparisons (every task's result read back, or the run fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<super::scheduling::Scheduling>,
     /// Published tasks without a result, over every Sluice run (must be 0).
     pub lost: usize,
     /// Results beyond a task's first, over every Sluice run.
@@ -294,6 +297,10 @@ impl Report {
                 a.sluice.lost,
                 a.sluice.duplicates
             );
+        }
+        if let Some(s) = &self.scheduling {
+            out += "\nscheduling\n\n";
+            out += &s.markdown();
         }
         out += &format!(
             "\n{}: {} lost, {} duplicates over all Sluice runs\n",
