@@ -195,18 +195,42 @@ fn alive(w: &mut crate::harness::Proc) -> bool {
 
 /// Always the embedded broker: its fault injection is librdkafka's mock cluster's.
 ///
-/// Intermittent before the pause-flag fix in `worker/src/consumer.rs`: about one
-/// run in seven (on a loaded machine) left 2 of 2000 tasks without a result while
-/// both workers stayed up — nothing lost (their offsets stay uncommitted), but not
-/// finished either. librdkafka keeps a partition's pause flag across revoke and
-/// re-assign, which is the likely cause; re-assigned partitions are now resumed.
-/// Ignored until repeated runs show it stable (docs/RELIABILITY.md). Run it with
-/// `cargo test --test e2e broker_faults -- --ignored`.
+/// Two causes made this test intermittent, both found with per-task logs over many
+/// runs on a loaded machine. A partition paused when it was taken away came back
+/// paused for good: librdkafka keeps the pause flag across revoke and re-assign,
+/// so the worker now resumes re-assigned partitions. And about one run in six lost
+/// one result: under `errors Produce … not_leader`, librdkafka acknowledged a
+/// result without an offset (an implicit ack after a later write of the
+/// partition succeeded), which is sound on Kafka but not on the mock, which does
+/// not check idempotent sequences. The worker now writes such a result again.
 #[test]
-#[ignore = "intermittent: 2 of 2000 tasks sometimes never finish under injected faults; see the doc comment"]
 fn broker_faults_under_load_lose_nothing_and_workers_recover_by_themselves() {
-    let broker = Broker::embedded();
-    let env = Env::new(&broker, "faults").classic();
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        let broker = Broker::embedded();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            broker_faults_scenario(&broker)
+        }));
+        let failure = match ran {
+            Ok(()) => return,
+            Err(failure) => failure,
+        };
+        // The mock cluster can abort on an assertion of its own under these
+        // faults (seen: rd_kafka_mock_cgrp_classic_member_add `!member->resp`,
+        // a JoinGroup arriving while the member's previous one is still held).
+        // That is the test broker failing, not Sluice: run the scenario again on
+        // a fresh broker. Any other failure fails the test at once.
+        match broker.exited() {
+            Some(status) if attempt < ATTEMPTS => eprintln!(
+                "attempt {attempt}: the embedded broker itself died ({status}); running the scenario again on a fresh one"
+            ),
+            _ => std::panic::resume_unwind(failure),
+        }
+    }
+}
+
+fn broker_faults_scenario(broker: &Broker) {
+    let env = Env::new(broker, "faults").classic();
     let mut workers = [worker(&env, "f1"), worker(&env, "f2")];
     std::thread::sleep(Duration::from_secs(4));
     let sent = 2000;
@@ -232,7 +256,7 @@ fn broker_faults_under_load_lose_nothing_and_workers_recover_by_themselves() {
     broker.fault("up");
     let t = tally(&env, sent, Duration::from_secs(120));
     report(
-        &broker,
+        broker,
         "broker faults: request errors, latency, down/up",
         &t,
         "mock fault injection",

@@ -132,8 +132,18 @@ impl Broker {
         }
     }
 
+    /// How the broker process ended, if it has (a crash, for a test that did not
+    /// stop it).
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut proc = self.proc.lock().unwrap();
+        proc.as_mut()?.child.try_wait().ok().flatten()
+    }
+
     /// Injects a fault into the embedded broker (`sluice broker`'s stdin protocol).
     pub fn fault(&self, line: &str) {
+        if let Some(status) = self.exited() {
+            panic!("cannot inject `{line}`: the embedded broker exited ({status})");
+        }
         let control = self
             .control
             .as_ref()
