@@ -331,6 +331,11 @@ pub struct SchedulerConfig {
     /// Weight of the newest observation in the per-kind run-time estimate (an
     /// exponentially weighted moving average), between 0 and 1.
     pub estimate_weight: f64,
+    /// With `shortest_expected_first`: at start, read up to this many of the
+    /// latest results per partition of the results topic (in the background) to
+    /// seed the estimates of the kinds this worker runs. 0: learn only from this
+    /// worker's own attempts.
+    pub history_results: usize,
     /// Adaptive concurrency.
     pub adaptive: AdaptiveConfig,
     /// The scaling signal (`sluice_scaling_needed_workers`) asks for enough
@@ -349,6 +354,7 @@ impl Default for SchedulerConfig {
             max_bypass: 32,
             default_expected_ms: 1_000,
             estimate_weight: 0.2,
+            history_results: 1_000,
             adaptive: AdaptiveConfig::default(),
             scaling_drain_s: 60.0,
         }

@@ -159,6 +159,8 @@ pub async fn run_with(
 
     let give_up = CancellationToken::new();
     let scheduler = Scheduler::new(w, routes.clone(), metrics.clone());
+    let kinds: Vec<String> = registry.kinds().iter().map(|k| k.to_string()).collect();
+    let history = tokio::spawn(scheduler.clone().learn_history(cfg.clone(), kinds));
     let signal = tokio::spawn(scheduler.clone().signal_scaling(
         counters.clone(),
         w.scheduler.scaling_drain_s,
@@ -244,6 +246,7 @@ pub async fn run_with(
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     watchdog.abort();
     signal.abort();
+    history.abort();
     if let Some(g) = gatherer {
         if tokio::time::timeout(LEAVE_GRACE, g).await.is_err() {
             tracing::error!("the job gatherer did not stop in time");

@@ -22,6 +22,7 @@
 //! - [`fair`]: the fair-share lane picker.
 //! - [`dispatcher`]: the synchronous decision core (slots, long slots, resources, backfilling).
 //! - [`estimates`]: per-kind run-time estimates (EWMA).
+//! - [`history`]: estimates seeded from the results topic at start.
 //! - [`rate`]: per-kind token buckets.
 //! - [`adaptive`]: AIMD on the concurrency limit.
 //! - [`scaling`]: the scaling signal (workers the group needs).
@@ -30,6 +31,7 @@ pub(crate) mod adaptive;
 pub(crate) mod dispatcher;
 pub(crate) mod estimates;
 pub(crate) mod fair;
+pub(crate) mod history;
 pub(crate) mod rate;
 pub(crate) mod scaling;
 
@@ -180,6 +182,31 @@ impl Scheduler {
             }
         }
         self.report(core);
+    }
+
+    /// Seeds the run-time estimates of `kinds` from the results topic when the
+    /// policy uses them (see [`history`]); logs the outcome.
+    pub async fn learn_history(self: Arc<Self>, cfg: sluice_common::Config, kinds: Vec<String>) {
+        let per_partition = cfg.worker.scheduler.history_results;
+        if self.policy != QueuePolicy::ShortestExpectedFirst || per_partition == 0 {
+            return;
+        }
+        let kinds = kinds.into_iter().collect();
+        let this = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            history::seed(&cfg, per_partition, &kinds, &this.estimates)
+        })
+        .await;
+        match read {
+            Ok(Ok(n)) => tracing::info!(
+                results = n,
+                "run-time estimates seeded from the results topic"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the results topic for run-time estimates; learning from this worker's attempts only")
+            }
+            Err(_) => {}
+        }
     }
 
     /// Publishes the scaling signal every [`scaling::INTERVAL`] until `stop`.

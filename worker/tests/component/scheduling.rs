@@ -4,6 +4,7 @@
 
 use crate::support::{broker, by_id, ready_worker, results, task, worker};
 use serde_json::json;
+use sluice_common::config::QueuePolicy;
 use sluice_common::{Config, Status, TaskResult};
 use sluice_producer::{Outgoing, Publisher};
 use std::time::Duration;
@@ -170,4 +171,79 @@ async fn a_pool_task_runs_only_on_a_worker_of_its_pool() {
     assert_eq!(r.worker, "gpu-1");
     assert_eq!(r.topic, format!("{}.pool.gpu", cfg.topics.tasks));
     assert!(plain.iter().all(|t| ids[t.id()][0].worker == "general"));
+}
+
+fn timed(ms: u64) -> sluice_worker::Registry {
+    let mut r = sluice_worker::builtin();
+    for (kind, ms) in [("quick", 5u64), ("slow", ms)] {
+        r.register(
+            kind,
+            sluice_worker::handler_fn(move |_| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, sluice_worker::HandlerError>(json!(null))
+            }),
+        );
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortest_expected_first_starts_with_estimates_read_from_the_results_topic() {
+    let (_b, mut cfg) = broker(1);
+    // History: a first worker runs both kinds once each, so their run times are
+    // on the results topic.
+    let first: Vec<Outgoing> = ["slow", "quick", "slow", "quick"]
+        .iter()
+        .map(|k| task(k, json!(null), None))
+        .collect();
+    publish_routed(&cfg, &first).await;
+    let (stop, h) = worker(&cfg, "w1", timed(150));
+    results(&cfg, 4, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    // A fresh worker, one slot, shortest-expected-first: it knows the kinds only
+    // from the history.
+    cfg.worker.concurrency = 1;
+    cfg.worker.scheduler.policy = QueuePolicy::ShortestExpectedFirst;
+    let (stop, h) = ready_worker(&cfg, "w2", timed(150)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst: Vec<Outgoing> = (0..8)
+        .map(|i| task(if i % 2 == 0 { "slow" } else { "quick" }, json!(null), None))
+        .collect();
+    publish_routed(&cfg, &burst).await;
+    let all = results(&cfg, 12, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ids = by_id(&all);
+    let mut ran: Vec<&TaskResult> = burst.iter().map(|t| ids[t.id()][0]).collect();
+    ran.sort_by_key(|r| r.started_ms);
+    let order: Vec<&str> = ran.iter().map(|r| r.kind.as_str()).collect();
+    // The first task may start before the others arrive; after it, every quick
+    // task runs before the remaining slow ones (FIFO would alternate).
+    let rest = &order[1..];
+    let last_quick = rest.iter().rposition(|k| *k == "quick").unwrap();
+    let first_slow = rest.iter().position(|k| *k == "slow").unwrap();
+    assert!(last_quick < first_slow, "start order {order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_kind_starts_no_faster_than_its_rate() {
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.kinds.insert(
+        "noop".into(),
+        sluice_common::config::KindConfig {
+            rate_per_s: Some(5.0),
+            ..Default::default()
+        },
+    );
+    let tasks: Vec<Outgoing> = (0..10).map(|_| task("noop", json!(null), None)).collect();
+    let (stop, h) = ready_worker(&cfg, "w1", sluice_worker::builtin()).await;
+    publish_routed(&cfg, &tasks).await;
+    let all = results(&cfg, 10, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let starts: Vec<u64> = all.iter().map(|r| r.started_ms).collect();
+    let span = starts.iter().max().unwrap() - starts.iter().min().unwrap();
+    // A full bucket lets 5 through at once; the other 5 come 200 ms apart.
+    assert!(span >= 900, "10 starts within {span} ms at 5/s");
 }
