@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_common::config::{GroupProtocol, LogFormat, Ordering};
 use sluice_common::job::GatherSpec;
-use sluice_common::{Config, TopicSpec};
+use sluice_common::{Config, TopicSpec, TraceContext};
 use sluice_producer::job::Split;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,8 +165,8 @@ pub struct JobSubmitArgs {
     pub json: bool,
     /// Continue this W3C trace (`00-<trace id>-<parent id>-<flags>`). Without it
     /// the job starts a trace of its own; either way every sub-task carries it.
-    #[arg(long, env = "TRACEPARENT")]
-    pub traceparent: Option<String>,
+    #[arg(long, env = "TRACEPARENT", value_parser = traceparent)]
+    pub traceparent: Option<TraceContext>,
     /// Task topic (overrides topics.tasks).
     #[arg(long, short = 't')]
     pub topic: Option<String>,
@@ -275,8 +275,8 @@ pub struct ProduceArgs {
     /// Continue this W3C trace (`00-<trace id>-<parent id>-<flags>`): every task's
     /// `traceparent` header carries its trace id. Without it each task starts a
     /// trace of its own.
-    #[arg(long, env = "TRACEPARENT")]
-    pub traceparent: Option<String>,
+    #[arg(long, env = "TRACEPARENT", value_parser = traceparent)]
+    pub traceparent: Option<TraceContext>,
     /// Serve /metrics (tasks published, failures, time to acknowledge) on
     /// metrics.listen while publishing, for long streams from stdin.
     #[arg(long)]
@@ -592,4 +592,10 @@ fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
     if let Some(v) = flag {
         *field = v.clone();
     }
+}
+
+/// Reads `--traceparent`.
+fn traceparent(value: &str) -> Result<TraceContext, String> {
+    TraceContext::parse(value)
+        .ok_or_else(|| "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)".to_string())
 }

@@ -8,7 +8,7 @@ use crate::cli::{JobCommand, JobListArgs, JobStatusArgs, JobSubmitArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_common::job::FailurePolicy;
 use sluice_common::task::now_ms;
-use sluice_common::{Config, TraceContext};
+use sluice_common::Config;
 use sluice_producer::job::{JobSpec, JobStatus, JobWatch, Submitter};
 use sluice_producer::Start;
 use std::process::ExitCode;
@@ -42,14 +42,7 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             fail_fast: args.fail_fast,
         },
     };
-    let trace = match &args.traceparent {
-        Some(v) => Some(TraceContext::parse(v).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--traceparent {v:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
-            )
-        })?),
-        None => None,
-    };
+    let trace = args.traceparent;
     let submitter = Submitter::connect(&cfg).await?;
     let manifest = submitter.manifest(&spec, payloads.len() as u64);
     let id = manifest.job_id.clone();

@@ -8,7 +8,7 @@ use crate::cli::ProduceArgs;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_common::task::now_ms;
-use sluice_common::{exporter, Config, Health, Metrics, Task, TraceContext};
+use sluice_common::{exporter, Config, Health, Metrics, Task};
 use sluice_producer::input::{parse_line, ranges};
 use sluice_producer::{Outgoing, PublishError, Publisher};
 use std::future::Future;
@@ -135,14 +135,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let trace = match &args.traceparent {
-        Some(v) => Some(TraceContext::parse(v).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--traceparent {v:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
-            )
-        })?),
-        None => None,
-    };
+    let trace = args.traceparent;
     // Routed: each task goes to its pool and lane topic (docs/SCHEDULING.md).
     let mut publisher = Publisher::routed(&cfg).await?;
     let endpoint_stop = CancellationToken::new();

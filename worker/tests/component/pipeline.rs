@@ -399,11 +399,14 @@ async fn the_trace_context_flows_from_the_producer_through_retries_to_the_result
         })
         .collect();
     assert_eq!(published.len(), 2);
-    let continued_task = published
-        .iter()
-        .find(|(v, _)| String::from_utf8_lossy(v).contains(continued.id()))
-        .map(|(_, t)| *t)
-        .unwrap();
+    let task_trace = |id: &str| {
+        published
+            .iter()
+            .find(|(v, _)| String::from_utf8_lossy(v).contains(id))
+            .map(|(_, t)| *t)
+            .unwrap()
+    };
+    let continued_task = task_trace(continued.id());
     assert_eq!(
         continued_task.trace_id, caller.trace_id,
         "the caller's trace goes on"
@@ -429,11 +432,7 @@ async fn the_trace_context_flows_from_the_producer_through_retries_to_the_result
         "written by the worker's span"
     );
 
-    let fresh_task = published
-        .iter()
-        .find(|(v, _)| String::from_utf8_lossy(v).contains(fresh.id()))
-        .map(|(_, t)| *t)
-        .unwrap();
+    let fresh_task = task_trace(fresh.id());
     assert_ne!(
         fresh_task.trace_id, caller.trace_id,
         "without a caller, a new trace"
