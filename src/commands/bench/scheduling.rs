@@ -9,9 +9,9 @@
 //!   same tasks without priorities. Figures: p50/p99 queue wait (creation to
 //!   start) per class, and the low class's share of starts while low and normal
 //!   tasks both waited.
-//! - **FIFO vs shortest-expected-first** on a burst of 400 tasks, 320 short
-//!   (10 ms) and 80 long (200 ms), interleaved, with `expected_ms`: mean and p99
-//!   completion time (creation to finish).
+//! - **FIFO vs shortest-expected-first vs FIFO with the long-task lane** on a
+//!   burst of 400 tasks, 320 short (10 ms) and 80 long (200 ms), interleaved,
+//!   with `expected_ms`: mean and p99 completion time (creation to finish).
 //! - **Round-robin vs lag-aware partitioning** with one slow worker: two
 //!   workers × 2 slots share four partitions; `work` takes 10 ms on one and
 //!   40 ms on the other (250 tasks/s together); 1500 keyless tasks arrive at
@@ -83,7 +83,7 @@ impl Scheduling {
     /// The figures as Markdown tables, as docs/SCHEDULING.md shows them.
     pub fn markdown(&self) -> String {
         let mut out = String::from(
-            "**Priority under saturation** (1 worker, concurrency 4, 20 ms tasks ≈ 200/s; backlog of 500 low + 500 normal, then 150 high at 50/s; shares normal 0.2, low 0.1):\n\n\
+            "**Priority under saturation** (1 worker, concurrency 4, read-ahead 256 per topic, 20 ms tasks ≈ 200/s; backlog of 500 low + 500 normal, then 150 high at 50/s; shares normal 0.2, low 0.1):\n\n\
              | run | class | p50 queue wait | p99 queue wait | low share of starts while low and normal both waited |\n\
              |---|---|---:|---:|---:|\n",
         );
@@ -113,7 +113,7 @@ impl Scheduling {
                 high / base.max(1.0)
             );
         }
-        out += "\n**FIFO vs shortest-expected-first** (1 worker, concurrency 4; a burst of 400 tasks: 320 short of 10 ms, 80 long of 200 ms, interleaved, each with `expected_ms`):\n\n\
+        out += "\n**FIFO vs shortest-expected-first vs the long-task lane** (1 worker, concurrency 4; a burst of 400 tasks: 320 short of 10 ms, 80 long of 200 ms, interleaved, each with `expected_ms`; the long lane takes tasks expected ≥ 100 ms and at most 2 of the 4 slots):\n\n\
                 | policy | mean completion | p99 completion | short p99 | long p99 |\n\
                 |---|---:|---:|---:|---:|\n";
         for p in &self.policies {
@@ -122,12 +122,17 @@ impl Scheduling {
                 p.policy, p.mean_ms, p.p99_ms, p.short_p99_ms, p.long_p99_ms
             );
         }
-        if let [fifo, sjf] = &self.policies[..] {
-            out += &format!(
-                "\nShortest-expected-first / FIFO: mean completion {:.2}, p99 completion {:.2}.\n",
-                sjf.mean_ms / fifo.mean_ms.max(1.0),
-                sjf.p99_ms as f64 / fifo.p99_ms.max(1) as f64
-            );
+        if let [fifo, others @ ..] = &self.policies[..] {
+            out += "\n";
+            for p in others {
+                out += &format!(
+                    "{} / fifo: mean completion {:.2}, p99 completion {:.2}, short-task p99 {:.2}.\n",
+                    p.policy,
+                    p.mean_ms / fifo.mean_ms.max(1.0),
+                    p.p99_ms as f64 / fifo.p99_ms.max(1) as f64,
+                    p.short_p99_ms as f64 / fifo.short_p99_ms.max(1) as f64
+                );
+            }
         }
         out += "\n**Round-robin vs lag-aware partitioning** (2 workers × concurrency 2 on 4 partitions; `work` takes 10 ms on the fast worker, 40 ms on the slow one: 250 tasks/s together; 1500 keyless tasks offered at 150/s):\n\n\
                 | partitioner | p50 completion | p99 completion | run by the slow worker |\n\
@@ -178,11 +183,13 @@ async fn priority(base: &Config, run: &str) -> anyhow::Result<Vec<PriorityRun>> 
         let mut cfg = scenario(base, run, name);
         cfg.topics.priority_lanes = with_priorities;
         cfg.worker.concurrency = 4;
-        cfg.worker.max_buffered_tasks = 64;
+        cfg.worker.max_buffered_tasks = 256;
         let set = |p: i32| move |t: &mut Task| t.priority = with_priorities.then_some(p);
-        // Interleaved, so without priorities both classes mix in one queue.
+        // Interleaved in runs of 8, so that with keyless tasks spread round-robin
+        // over 4 or 8 partitions every partition holds both classes, and without
+        // priorities they mix in every queue.
         let backlog: Vec<(&'static str, Outgoing)> = (0..1000)
-            .map(|i| match i % 2 {
+            .map(|i| match (i / 8) % 2 {
                 0 => ("low", sleep_task(20, set(-1))),
                 _ => ("normal", sleep_task(20, set(0))),
             })
@@ -239,16 +246,22 @@ async fn priority(base: &Config, run: &str) -> anyhow::Result<Vec<PriorityRun>> 
 
 async fn policies(base: &Config, run: &str) -> anyhow::Result<Vec<PolicyRun>> {
     let mut runs = Vec::new();
-    for (policy, name) in [
-        (QueuePolicy::Fifo, "fifo"),
+    for (policy, long_lane, name) in [
+        (QueuePolicy::Fifo, false, "fifo"),
         (
             QueuePolicy::ShortestExpectedFirst,
+            false,
             "shortest_expected_first",
         ),
+        (QueuePolicy::Fifo, true, "fifo + long-task lane"),
     ] {
-        let mut cfg = scenario(base, run, &format!("policy-{name}"));
+        let mut cfg = scenario(base, run, &format!("policy-{}", runs.len()));
         cfg.worker.concurrency = 4;
         cfg.worker.scheduler.policy = policy;
+        // Long tasks (200 ms expected) to `<tasks>.long`, at most 2 of 4 slots.
+        cfg.topics.long_lane = long_lane;
+        cfg.producer.long_task_ms = 100;
+        cfg.worker.scheduler.long_slots = Some(2);
         let tasks: Vec<(bool, Outgoing)> = (0..400)
             .map(|i| {
                 let long = i % 5 == 2;

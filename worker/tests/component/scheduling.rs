@@ -247,3 +247,43 @@ async fn a_rate_limited_kind_starts_no_faster_than_its_rate() {
     // A full bucket lets 5 through at once; the other 5 come 200 ms apart.
     assert!(span >= 900, "10 starts within {span} ms at 5/s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_concurrency_shrinks_the_limit_when_attempts_fail() {
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.concurrency = 8;
+    cfg.worker.scheduler.adaptive = sluice_common::config::AdaptiveConfig {
+        enabled: true,
+        min_concurrency: 1,
+        window: 5,
+        ..Default::default()
+    };
+    // Forty failing attempts: eight windows at 100 % errors, 8 → 6 → 4 → 3 → 2 → 1.
+    let failing: Vec<Outgoing> = (0..40)
+        .map(|_| task("fail", json!({"permanent": true}), None))
+        .collect();
+    let (stop, h) = ready_worker(&cfg, "w1", sluice_worker::builtin()).await;
+    publish_routed(&cfg, &failing).await;
+    results(&cfg, 40, Duration::from_secs(60)).await;
+    // Then eight 100 ms tasks that could all run at once under the configured 8.
+    let sleeps: Vec<Outgoing> = (0..8)
+        .map(|_| task("sleep", json!({"ms": 100}), None))
+        .collect();
+    publish_routed(&cfg, &sleeps).await;
+    let all = results(&cfg, 48, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ids = by_id(&all);
+    let ran: Vec<&TaskResult> = sleeps.iter().map(|t| ids[t.id()][0]).collect();
+    let most = ran
+        .iter()
+        .map(|r| {
+            ran.iter()
+                .filter(|o| o.started_ms <= r.started_ms && o.finished_ms > r.started_ms)
+                .count()
+        })
+        .max()
+        .unwrap();
+    // Healthy windows add one slot per five attempts, so at most two run at once.
+    assert!(most <= 2, "{most} ran at once after the limit shrank");
+}
