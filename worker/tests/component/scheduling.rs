@@ -287,3 +287,36 @@ async fn adaptive_concurrency_shrinks_the_limit_when_attempts_fail() {
     // Healthy windows add one slot per five attempts, so at most two run at once.
     assert!(most <= 2, "{most} ran at once after the limit shrank");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_aware_publishing_avoids_the_partition_that_falls_behind() {
+    let (_b, mut cfg) = broker(2);
+    cfg.worker.concurrency = 1;
+    // A backlog on partition 0 only, worked through slowly.
+    let plain = Publisher::connect(&cfg, &cfg.topics.tasks).await.unwrap();
+    for _ in 0..20 {
+        plain
+            .publish(&task("sleep", json!({"ms": 200}), None), Some(0))
+            .await
+            .unwrap();
+    }
+    let (stop, h) = ready_worker(&cfg, "w1", sluice_worker::builtin()).await;
+    // Some of it done and committed, most of it still lag.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cfg.producer.partitioner = sluice_common::config::PartitionerKind::LagAware;
+    cfg.producer.lag_refresh_ms = 100;
+    let p = Publisher::routed(&cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut on = [0; 2];
+    for _ in 0..20 {
+        let d = p
+            .publish(&task("noop", json!(null), None), None)
+            .await
+            .unwrap();
+        on[d.partition as usize] += 1;
+    }
+    stop.cancel();
+    h.await.unwrap();
+    // Round-robin would put 10 on each; partition 0 is about 12 records behind.
+    assert!(on[1] >= 14, "keyless tasks per partition: {on:?}");
+}
