@@ -159,8 +159,6 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         eprintln!("metrics served at {url}");
         publisher = publisher.with_metrics(metrics);
     }
-    // One start time for the whole batch, taken once the cluster is reachable.
-    let not_before = args.delay.map(|d| now_ms() + d);
     let started = Instant::now();
     let (sent, failed, from_lines) = match template {
         Some(task) => {
@@ -168,13 +166,13 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             let mut batch = Batch::new(&publisher, args.partition, print_ids, Some(args.count));
             for i in 0..args.count {
                 let mut t = task.clone();
-                t.not_before_ms = not_before;
                 t.id = match (&args.id, args.count) {
                     (Some(id), 1) => Some(id.clone()),
                     (Some(id), _) => Some(format!("{id}-{i}")),
                     (None, _) => None,
                 };
-                let out = Outgoing::new(t, args.key.clone()).with_trace(trace);
+                let mut out = Outgoing::new(t, args.key.clone()).with_trace(trace);
+                delay(&mut out, args.delay);
                 batch.push(i as usize + 1, out).await;
             }
             let (s, f) = batch.finish().await;
@@ -211,9 +209,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
                 }
                 match parse_line(&line) {
                     Ok(mut out) => {
-                        if out.task.not_before_ms.is_none() {
-                            out.task.not_before_ms = not_before;
-                        }
+                        delay(&mut out, args.delay);
                         batch.push(n, out.with_trace(trace)).await
                     }
                     Err(e) => batch.fail(n, e.to_string()),
@@ -246,5 +242,13 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             ranges(&lines)
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `--delay`: no earlier than `delay` ms after the task was made (its
+/// `created_ms` is set just before), unless it has its own `not_before_ms`.
+fn delay(out: &mut Outgoing, delay: Option<u64>) {
+    if let Some(d) = delay {
+        out.task.not_before_ms.get_or_insert(now_ms() + d);
     }
 }
