@@ -35,6 +35,9 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub librdkafka: String,
+    /// 1-, 5- and 15-minute load averages when the run started: on a shared
+    /// machine, what else was running.
+    pub load_average: String,
     /// `embedded` or the bootstrap servers given.
     pub broker: String,
 }
@@ -54,6 +57,9 @@ impl Machine {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
             librdkafka: rdkafka::util::get_rdkafka_version().1,
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "unknown".into()),
             broker,
         }
     }
@@ -230,10 +236,11 @@ impl Report {
         let m = &self.machine;
         let s = &self.settings;
         let mut out = format!(
-            "sluice bench: {} CPUs ({}), kernel {}, librdkafka {}, broker {}\n\
+            "sluice bench: {} CPUs ({}), load {}, kernel {}, librdkafka {}, broker {}\n\
              profile {:?} (linger {} ms, fetch wait {} ms), {} partitions, {}-byte tasks\n",
             m.cpus,
             m.cpu_model,
+            m.load_average,
             m.kernel,
             m.librdkafka,
             m.broker,
