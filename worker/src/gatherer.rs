@@ -25,13 +25,13 @@ use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::retry::RetryPolicy;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use sluice_common::job::{GatherSpec, JobRecord, JobResult, Manifest, Tally, Verdict};
+use sluice_common::job::{GatherSpec, JobRecord, JobResult, JobState, Manifest, Tally, Verdict};
 use sluice_common::kafka::{self, ProducerStats, QuietContext};
 use sluice_common::{Config, Metrics, Task, TaskResult};
 use std::collections::{HashMap, HashSet};
@@ -300,7 +300,8 @@ impl Gatherer {
             st.open.remove(&job.job_id);
             return;
         }
-        let value = JobRecord::Result(job.clone()).encode();
+        let mut job = job;
+        let mut value = JobRecord::Result(job.clone()).encode();
         let mut backoff = Duration::from_millis(100);
         loop {
             let record = FutureRecord::to(&self.cfg.topics.jobs)
@@ -312,6 +313,19 @@ impl Gatherer {
             };
             match sent {
                 Ok(_) => break,
+                // Retrying cannot help: the job fails, saying why, instead of hanging.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                    if job.output.is_some() =>
+                {
+                    tracing::warn!(job.id = %job.job_id, bytes = value.len(), "job result too large for the jobs topic");
+                    job.error = Some(format!(
+                        "the gathered output made a {}-byte job result, larger than the producer's message.max.bytes; output dropped",
+                        value.len()
+                    ));
+                    job.output = None;
+                    job.state = JobState::Failed;
+                    value = JobRecord::Result(job.clone()).encode();
+                }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, job.id = %job.job_id, "job result not acknowledged; retrying");
                     tokio::select! {
