@@ -188,7 +188,7 @@ const BATCH: &str = r#"{"kind":"echo","payload":{"n":1},"key":"a"}
 {"kind":"echo","deadline_ms":1}
 "#;
 
-/// Publishes `BATCH` every 300 ms until `stop`.
+/// Publishes `BATCH` and a ten-task job every 300 ms until `stop`.
 fn publish_until(env: &Env<'_>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let mut child = env
@@ -209,6 +209,22 @@ fn publish_until(env: &Env<'_>, stop: &AtomicBool) {
             out.status.success(),
             "sluice produce: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // And a small job, for the jobs panels.
+        let job = env.run(&[
+            "job",
+            "submit",
+            "--kind",
+            "square",
+            "--split",
+            "range:1..10",
+            "--gather",
+            "sum",
+        ]);
+        assert!(
+            job.status.success(),
+            "sluice job submit: {}",
+            String::from_utf8_lossy(&job.stderr)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
