@@ -12,6 +12,11 @@
 //! - **FIFO vs shortest-expected-first vs FIFO with the long-task lane** on a
 //!   burst of 400 tasks, 320 short (10 ms) and 80 long (200 ms), interleaved,
 //!   with `expected_ms`: mean and p99 completion time (creation to finish).
+//! - **FIFO vs earliest-deadline-first** on a burst of 400 tasks of 10 ms (about
+//!   1 s of work on 4 slots) where every fifth task must finish within 400 ms of
+//!   the burst and the rest within 10 s: the share of each class that finished by
+//!   its deadline (a task whose deadline passed before it could start ends
+//!   `expired` and counts as missed).
 //! - **Round-robin vs lag-aware partitioning** with one slow worker: two
 //!   workers × 2 slots share four partitions; `work` takes 10 ms on one and
 //!   40 ms on the other (250 tasks/s together); 1500 keyless tasks arrive at
@@ -35,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Scheduling {
     pub priority: Vec<PriorityRun>,
     pub policies: Vec<PolicyRun>,
+    pub deadlines: Vec<DeadlineRun>,
     pub partitioning: Vec<PartitionRun>,
 }
 
@@ -58,6 +64,16 @@ pub struct PolicyRun {
     pub long_p99_ms: u64,
 }
 
+/// One run of the deadline comparison.
+#[derive(Debug, Serialize)]
+pub struct DeadlineRun {
+    pub policy: &'static str,
+    /// Share of the tight-deadline tasks that finished by their deadline.
+    pub tight_met: f64,
+    /// Share of the loose-deadline tasks that finished by their deadline.
+    pub loose_met: f64,
+}
+
 /// One run of the partitioner comparison.
 #[derive(Debug, Serialize)]
 pub struct PartitionRun {
@@ -75,6 +91,7 @@ pub async fn run(base: &Config, run: &str) -> anyhow::Result<Scheduling> {
     Ok(Scheduling {
         priority: priority(&base, run).await?,
         policies: policies(&base, run).await?,
+        deadlines: deadlines(&base, run).await?,
         partitioning: partitioning(&base, run).await?,
     })
 }
@@ -133,6 +150,17 @@ impl Scheduling {
                     p.short_p99_ms as f64 / fifo.short_p99_ms.max(1) as f64
                 );
             }
+        }
+        out += "\n**FIFO vs earliest-deadline-first** (1 worker, concurrency 4; a burst of 400 tasks of 10 ms, about 1 s of work; every fifth must finish within 400 ms of the burst, the others within 10 s):\n\n\
+                | policy | tight deadlines met | loose deadlines met |\n\
+                |---|---:|---:|\n";
+        for d in &self.deadlines {
+            out += &format!(
+                "| {} | {:.0} % | {:.0} % |\n",
+                d.policy,
+                d.tight_met * 100.0,
+                d.loose_met * 100.0
+            );
         }
         out += "\n**Round-robin vs lag-aware partitioning** (2 workers × concurrency 2 on 4 partitions; `work` takes 10 ms on the fast worker, 40 ms on the slow one: 250 tasks/s together; 1500 keyless tasks offered at 150/s):\n\n\
                 | partitioner | p50 completion | p99 completion | run by the slow worker |\n\
@@ -297,6 +325,63 @@ async fn policies(base: &Config, run: &str) -> anyhow::Result<Vec<PolicyRun>> {
             p99_ms: pct(&all, 0.99),
             short_p99_ms: pct(&sorted(&|l| !l), 0.99),
             long_p99_ms: pct(&sorted(&|l| l), 0.99),
+        });
+    }
+    Ok(runs)
+}
+
+async fn deadlines(base: &Config, run: &str) -> anyhow::Result<Vec<DeadlineRun>> {
+    let mut runs = Vec::new();
+    for (policy, name) in [
+        (QueuePolicy::Fifo, "fifo"),
+        (
+            QueuePolicy::EarliestDeadlineFirst,
+            "earliest_deadline_first",
+        ),
+    ] {
+        let mut cfg = scenario(base, run, &format!("deadline-{name}"));
+        cfg.worker.concurrency = 4;
+        cfg.worker.scheduler.policy = policy;
+        let (stop, worker) = start_worker(&cfg, sluice_worker::builtin()).await?;
+        let publisher = Publisher::routed(&cfg).await?;
+        let burst = sluice_common::task::now_ms();
+        let tasks: Vec<(bool, Outgoing)> = (0..400)
+            .map(|i| {
+                // Every fifth: keyless tasks go round-robin over 4 partitions,
+                // so the tight ones are spread over all of them.
+                let tight = i % 5 == 2;
+                let within = if tight { 400 } else { 10_000 };
+                (
+                    tight,
+                    sleep_task(10, |t| t.deadline_ms = Some(burst + within)),
+                )
+            })
+            .collect();
+        let outs: Vec<Outgoing> = tasks.iter().map(|(_, o)| o.clone()).collect();
+        publish(&publisher, &outs).await?;
+        let results = collect(&cfg, outs.len()).await?;
+        stop.cancel();
+        worker.await??;
+        let met = |tight: bool| {
+            let class: Vec<&Outgoing> = tasks
+                .iter()
+                .filter(|(t, _)| *t == tight)
+                .map(|(_, o)| o)
+                .collect();
+            let ok = class
+                .iter()
+                .filter(|o| {
+                    let r = &results[o.id()];
+                    r.status == sluice_common::Status::Succeeded
+                        && o.task.deadline_ms.is_some_and(|d| r.finished_ms <= d)
+                })
+                .count();
+            ok as f64 / class.len().max(1) as f64
+        };
+        runs.push(DeadlineRun {
+            policy: name,
+            tight_met: met(true),
+            loose_met: met(false),
         });
     }
     Ok(runs)
