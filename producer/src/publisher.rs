@@ -10,7 +10,7 @@ use crate::partitioner::Partitioner;
 use crate::router::Router;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sluice_common::config::PartitionerKind;
 use sluice_common::metrics::PublishFailure;
 use sluice_common::{kafka, trace, Config, Metrics, TraceContext};
@@ -217,38 +217,47 @@ impl Publisher {
             Some(p) => p,
             None => partitioner.choose(key),
         };
-        let traceparent = out
-            .trace
-            .map_or_else(TraceContext::new_root, |t| t.child())
-            .to_string();
-        let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
-            .payload(&value)
-            .partition(partition)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: trace::HEADER,
-                value: Some(&traceparent),
-            }));
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(d) => break d,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(PublishError::Delivery(e.to_string())),
-            }
+        let write = Write {
+            topic,
+            partition,
+            key: key.map(<[u8]>::to_vec),
+            value,
+            traceparent: out
+                .trace
+                .map_or_else(TraceContext::new_root, |t| t.child())
+                .to_string(),
         };
+        let first = write.send(&self.producer).await?;
+        let producer = self.producer.clone();
+        // Only an idempotent producer acknowledges implicitly; without one, an
+        // offset-less acknowledgement means `acks=0`, which asked for no more.
+        let confirm = self.cfg.producer.idempotence;
         Ok(async move {
-            match delivery.await {
-                Ok(Ok(d)) => Ok(Delivered {
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Ok(Err((e, _))) => Err(PublishError::Delivery(e.to_string())),
-                Err(_) => Err(PublishError::Delivery("producer was shut down".into())),
+            let mut delivery = first;
+            let mut unconfirmed = 0;
+            loop {
+                match delivery.await {
+                    // librdkafka acknowledges some writes without an offset: it
+                    // infers that an uncertain write was stored because a later
+                    // one of the same partition was. Kafka's idempotence checks
+                    // make that true; a broker that skips them (the embedded
+                    // broker, for producers without a transactional id) may have
+                    // dropped it. A task published twice runs twice (at least
+                    // once); a task lost never runs: send it again, boundedly.
+                    Ok(Ok(d)) if confirm && d.offset < 0 && unconfirmed < MAX_UNCONFIRMED => {
+                        unconfirmed += 1;
+                        tracing::warn!(topic = %write.topic, partition = d.partition, "task acknowledged without an offset; publishing it again to be sure it is stored");
+                        delivery = write.send(&producer).await?;
+                    }
+                    Ok(Ok(d)) => {
+                        return Ok(Delivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                        })
+                    }
+                    Ok(Err((e, _))) => return Err(PublishError::Delivery(e.to_string())),
+                    Err(_) => return Err(PublishError::Delivery("producer was shut down".into())),
+                }
             }
         })
     }
@@ -265,5 +274,43 @@ impl Publisher {
     /// Waits for everything enqueued to be delivered or to fail.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Acknowledgements without an offset after which a task is sent again.
+const MAX_UNCONFIRMED: u32 = 2;
+
+/// One task record, kept so that it can be sent again.
+struct Write {
+    topic: String,
+    partition: i32,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    traceparent: String,
+}
+
+impl Write {
+    /// Enqueues the record, waiting (briefly) while librdkafka's queue is full.
+    async fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, PublishError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(&self.value)
+            .partition(self.partition)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: trace::HEADER,
+                value: Some(&self.traceparent),
+            }));
+        if let Some(k) = &self.key {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => return Ok(d),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(PublishError::Delivery(e.to_string())),
+            }
+        }
     }
 }

@@ -32,6 +32,9 @@ pub(crate) struct Outbox {
     pub retry: String,
     pub dead_letter: String,
     pub worker_id: String,
+    /// Write again what is acknowledged without an offset (see `send`); only an
+    /// idempotent producer acknowledges that way, so it is off without one.
+    pub confirm_offsets: bool,
 }
 
 enum Sent {
@@ -184,7 +187,7 @@ impl Outbox {
                 // result is harmless and a missing one is not, so write again,
                 // a bounded number of times (a broker or `acks` setting that
                 // never reports offsets must not stall the worker).
-                Ok(d) if d.offset < 0 && unconfirmed < MAX_UNCONFIRMED => {
+                Ok(d) if self.confirm_offsets && d.offset < 0 && unconfirmed < MAX_UNCONFIRMED => {
                     unconfirmed += 1;
                     tracing::warn!(topic, partition = d.partition, "write acknowledged without an offset; writing it again to be sure it is stored");
                 }

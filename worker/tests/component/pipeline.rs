@@ -442,3 +442,19 @@ async fn the_trace_context_flows_from_the_producer_through_retries_to_the_result
         fresh_task.trace_id
     );
 }
+
+/// A producer without idempotence and with `acks=0` never learns offsets; that
+/// is what it asked for, so nothing is published twice (an idempotent producer
+/// re-sends tasks acknowledged without an offset; see `producer/src/publisher.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offsetless_ack_is_resent_only_by_an_idempotent_producer() {
+    let (_b, mut cfg) = broker(1);
+    cfg.producer.idempotence = false;
+    cfg.kafka
+        .librdkafka_options
+        .insert("acks".into(), "0".into());
+    let tasks: Vec<Outgoing> = (0..5).map(|i| task("noop", json!(i), None)).collect();
+    publish(&cfg, &tasks).await;
+    let on_topic = records(&cfg, &cfg.topics.tasks).await;
+    assert_eq!(on_topic.len(), 5, "published more than once");
+}
