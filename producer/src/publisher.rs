@@ -12,6 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sluice_common::config::PartitionerKind;
+use sluice_common::kafka::WriteCheck;
 use sluice_common::metrics::PublishFailure;
 use sluice_common::{kafka, trace, Config, Metrics, TraceContext};
 use std::collections::HashMap;
@@ -229,23 +230,13 @@ impl Publisher {
         };
         let first = write.send(&self.producer).await?;
         let producer = self.producer.clone();
-        // Only an idempotent producer acknowledges implicitly; without one, an
-        // offset-less acknowledgement means `acks=0`, which asked for no more.
-        let confirm = self.cfg.producer.idempotence;
+        let mut check = WriteCheck::new(&self.cfg);
         Ok(async move {
             let mut delivery = first;
-            let mut unconfirmed = 0;
             loop {
                 match delivery.await {
-                    // librdkafka acknowledges some writes without an offset: it
-                    // infers that an uncertain write was stored because a later
-                    // one of the same partition was. Kafka's idempotence checks
-                    // make that true; a broker that skips them (the embedded
-                    // broker, for producers without a transactional id) may have
-                    // dropped it. A task published twice runs twice (at least
-                    // once); a task lost never runs: send it again, boundedly.
-                    Ok(Ok(d)) if confirm && d.offset < 0 && unconfirmed < MAX_UNCONFIRMED => {
-                        unconfirmed += 1;
+                    // An acknowledgement without an offset may hide a lost write.
+                    Ok(Ok(d)) if check.resend(d.offset) => {
                         tracing::warn!(topic = %write.topic, partition = d.partition, "task acknowledged without an offset; publishing it again to be sure it is stored");
                         delivery = write.send(&producer).await?;
                     }
@@ -276,9 +267,6 @@ impl Publisher {
         let _ = self.producer.flush(timeout);
     }
 }
-
-/// Acknowledgements without an offset after which a task is sent again.
-const MAX_UNCONFIRMED: u32 = 2;
 
 /// One task record, kept so that it can be sent again.
 struct Write {

@@ -8,7 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sluice_common::dead_letter::headers;
-use sluice_common::kafka::ProducerStats;
+use sluice_common::kafka::{ProducerStats, WriteCheck};
 use sluice_common::task::now_ms;
 use sluice_common::{trace, Status, Task, TaskResult, TraceContext};
 use std::time::Duration;
@@ -32,9 +32,8 @@ pub(crate) struct Outbox {
     pub retry: String,
     pub dead_letter: String,
     pub worker_id: String,
-    /// Write again what is acknowledged without an offset (see `send`); only an
-    /// idempotent producer acknowledges that way, so it is off without one.
-    pub confirm_offsets: bool,
+    /// Which acknowledgements are certain (one copy per record written).
+    pub write_check: WriteCheck,
 }
 
 enum Sent {
@@ -164,7 +163,7 @@ impl Outbox {
         give_up: &CancellationToken,
     ) -> Sent {
         let mut backoff = Duration::from_millis(100);
-        let mut unconfirmed = 0;
+        let mut check = self.write_check;
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
             if let Some(k) = key {
@@ -176,19 +175,8 @@ impl Outbox {
                 r = self.producer.send(record, Timeout::Never) => r,
             };
             match sent {
-                // librdkafka acknowledges some writes without an offset: when a
-                // write's outcome was uncertain (an error, a dropped connection)
-                // and a later write of the same partition succeeded, it infers
-                // that the first one was stored too. Kafka's idempotence checks
-                // make that inference true; a broker that skips them (the
-                // embedded broker does, for producers without a transactional
-                // id) can have dropped the write. Seen in the broker-fault
-                // test: one result in 2000 lost exactly this way. A duplicate
-                // result is harmless and a missing one is not, so write again,
-                // a bounded number of times (a broker or `acks` setting that
-                // never reports offsets must not stall the worker).
-                Ok(d) if self.confirm_offsets && d.offset < 0 && unconfirmed < MAX_UNCONFIRMED => {
-                    unconfirmed += 1;
+                // An acknowledgement without an offset may hide a lost write.
+                Ok(d) if check.resend(d.offset) => {
                     tracing::warn!(topic, partition = d.partition, "write acknowledged without an offset; writing it again to be sure it is stored");
                 }
                 Ok(_) => return Sent::Durable,
@@ -212,9 +200,6 @@ impl Outbox {
         }
     }
 }
-
-/// Writes acknowledged without an offset that are written again (see `send`).
-const MAX_UNCONFIRMED: u32 = 2;
 
 /// `headers` plus the `traceparent` of what the worker writes.
 fn traced(headers: OwnedHeaders, trace: &TraceContext) -> OwnedHeaders {

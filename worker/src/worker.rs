@@ -174,7 +174,7 @@ pub async fn run_with(
             retry: retry_topic,
             dead_letter: dlq_topic,
             worker_id: worker_id.clone(),
-            confirm_offsets: cfg.producer.idempotence,
+            write_check: kafka::WriteCheck::new(&cfg),
         },
         cfg: w.clone(),
         admission,
