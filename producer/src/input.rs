@@ -4,7 +4,7 @@
 //! becomes the Kafka key. Lines are numbered from 1 so errors point at the line.
 
 use serde_json::{Map, Value};
-use sluice_common::task::{new_task_id, now_ms, Task};
+use sluice_common::task::{json_type, new_task_id, now_ms, Task};
 use sluice_common::TraceContext;
 
 /// A task ready to publish, with the Kafka key it is published under.
@@ -71,7 +71,7 @@ pub fn parse_line(line: &str) -> Result<Outgoing, InputError> {
     let value: Value =
         serde_json::from_str(line).map_err(|e| InputError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
-        return Err(InputError::NotJson(format!("found {}", kind_of(&value))));
+        return Err(InputError::NotJson(format!("found {}", json_type(&value))));
     };
     let key = match obj.remove("key") {
         None | Some(Value::Null) => None,
@@ -79,7 +79,7 @@ pub fn parse_line(line: &str) -> Result<Outgoing, InputError> {
         Some(other) => {
             return Err(InputError::NotTask(format!(
                 "`key` must be a string, found {}",
-                kind_of(&other)
+                json_type(&other)
             )))
         }
     };
@@ -112,17 +112,6 @@ pub fn check_size(out: &Outgoing, limit: usize) -> Result<Vec<u8>, InputError> {
         });
     }
     Ok(bytes)
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Renders line numbers as compact ranges: `1-3, 5, 7-9`.

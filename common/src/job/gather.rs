@@ -5,6 +5,7 @@
 //! payload. Outputs are passed in sub-task index order; a tolerated failure is
 //! `None` (left out by `sum`, `count` and `concat`, `null` in `collect`).
 
+use crate::task::json_type;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use std::collections::BTreeMap;
@@ -77,7 +78,7 @@ fn concat<'a>(mut items: impl Iterator<Item = (usize, &'a Value)>) -> Result<Val
                     other => {
                         return Err(format!(
                             "sub-task {i}: concat joins arrays, got {}",
-                            type_name(other)
+                            json_type(other)
                         ))
                     }
                 }
@@ -92,7 +93,7 @@ fn concat<'a>(mut items: impl Iterator<Item = (usize, &'a Value)>) -> Result<Val
                     other => {
                         return Err(format!(
                             "sub-task {i}: concat joins strings, got {}",
-                            type_name(other)
+                            json_type(other)
                         ))
                     }
                 }
@@ -101,7 +102,7 @@ fn concat<'a>(mut items: impl Iterator<Item = (usize, &'a Value)>) -> Result<Val
         }
         other => Err(format!(
             "sub-task {i}: concat joins arrays or strings, got {}",
-            type_name(other)
+            json_type(other)
         )),
     }
 }
@@ -155,7 +156,7 @@ impl Acc {
                 }
                 Ok(Acc::Object(map))
             }
-            (_, other) => Err(format!("cannot sum {}", type_name(other))),
+            (_, other) => Err(format!("cannot sum {}", json_type(other))),
         }
     }
 
@@ -173,17 +174,6 @@ impl Acc {
                     .collect::<Map<_, _>>(),
             ),
         }
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
