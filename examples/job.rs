@@ -27,15 +27,18 @@ async fn main() -> anyhow::Result<()> {
         split: split.clone(),
         gather: GatherSpec::Collect,
         failure: FailurePolicy::default(),
+        sub_tasks: Default::default(),
     };
     let submitter = Submitter::connect(&cfg).await?;
     let payloads = split.payloads()?;
-    let manifest = submitter.manifest(&spec, payloads.len() as u64);
+    let manifest = submitter.manifest(&spec, payloads.len() as u64)?;
     // Watch from the topics' current ends, opened before publishing so that
     // nothing the job produces is missed.
     let mut watch = JobWatch::open(&cfg, Some(manifest.job_id.clone()), Start::End).await?;
     // `None`: the job's sub-tasks share a new trace.
-    submitter.submit(&manifest, payloads, None, |_| {}).await?;
+    submitter
+        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
+        .await?;
     eprintln!("job {} submitted", manifest.job_id);
     loop {
         watch.poll(Duration::from_millis(200)).await;

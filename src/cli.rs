@@ -121,7 +121,7 @@ pub struct DlqReplayArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
     /// Publish a job: a manifest and one sub-task per piece of the split input.
-    Submit(JobSubmitArgs),
+    Submit(Box<JobSubmitArgs>),
     /// Show one job's state, read from Kafka (works from any machine, any time).
     Status(JobStatusArgs),
     /// List every job on the jobs topic with its state.
@@ -170,6 +170,18 @@ pub struct JobSubmitArgs {
     /// Task topic (overrides topics.tasks).
     #[arg(long, short = 't')]
     pub topic: Option<String>,
+    /// Priority of every sub-task: > 0 goes to the high lane and < 0 to the low
+    /// lane when `topics.priority_lanes` is on (docs/SCHEDULING.md).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Expected run time of each sub-task in ms (shortest-expected-first, the
+    /// long-task lane).
+    #[arg(long)]
+    pub expected_ms: Option<u64>,
+    /// Resource needs of each sub-task, a JSON object such as `{"cpu": 2}`;
+    /// `"class": "gpu"` sends the sub-tasks to the gpu pool.
+    #[arg(long, value_parser = resources)]
+    pub resources: Option<serde_json::Value>,
 }
 
 /// `sluice job status`.
@@ -296,8 +308,8 @@ pub struct ProduceArgs {
     pub expected_ms: Option<u64>,
     /// Resource needs, a JSON object such as `{"cpu": 2, "memory_mb": 512}`;
     /// `"class": "gpu"` sends the task to the gpu pool.
-    #[arg(long, conflicts_with = "file")]
-    pub resources: Option<String>,
+    #[arg(long, conflicts_with = "file", value_parser = resources)]
+    pub resources: Option<serde_json::Value>,
 }
 
 /// A delay as milliseconds: `250ms`, `30s`, `5m`, `1h`, or plain milliseconds.
@@ -592,6 +604,13 @@ fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
     if let Some(v) = flag {
         *field = v.clone();
     }
+}
+
+/// Reads `--resources`: a JSON object of needs, checked as a worker would.
+fn resources(value: &str) -> Result<serde_json::Value, String> {
+    let v = serde_json::from_str(value).map_err(|e| format!("not JSON: {e}"))?;
+    sluice_common::resources::Needs::parse(Some(&v))?;
+    Ok(v)
 }
 
 /// Reads `--traceparent`.

@@ -277,14 +277,17 @@ async fn run_job(cfg: &Config, n: u64) -> anyhow::Result<Option<(JobStatus, Dura
         split: split.clone(),
         gather: GatherSpec::Sum,
         failure: FailurePolicy::default(),
+        sub_tasks: Default::default(),
     };
     let submitter = Submitter::connect(cfg).await?;
     let payloads = split.payloads()?;
-    let manifest = submitter.manifest(&spec, payloads.len() as u64);
+    let manifest = submitter.manifest(&spec, payloads.len() as u64)?;
     let mut watch = JobWatch::open(cfg, Some(manifest.job_id.clone()), Start::End).await?;
     let started = Instant::now();
     let bar = progress(n, "job       ");
-    submitter.submit(&manifest, payloads, None, |_| {}).await?;
+    submitter
+        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
+        .await?;
     while started.elapsed() < RESULT_TIMEOUT {
         watch.poll(Duration::from_millis(100)).await;
         if let Some(s) = watch.book().status(&manifest.job_id) {

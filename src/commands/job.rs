@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sluice_common::job::FailurePolicy;
 use sluice_common::task::now_ms;
 use sluice_common::Config;
-use sluice_producer::job::{JobSpec, JobStatus, JobWatch, Submitter};
+use sluice_producer::job::{JobSpec, JobStatus, JobWatch, SubTasks, Submitter};
 use sluice_producer::Start;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const NO_RESULT_HINT: Duration = Duration::from_secs(10);
 
 pub async fn run(command: JobCommand, cfg: Config) -> anyhow::Result<ExitCode> {
     match command {
-        JobCommand::Submit(a) => submit(a, cfg).await,
+        JobCommand::Submit(a) => submit(*a, cfg).await,
         JobCommand::Status(a) => status(a, cfg).await,
         JobCommand::List(a) => list(a, cfg).await,
     }
@@ -41,10 +41,15 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             tolerate: args.tolerate,
             fail_fast: args.fail_fast,
         },
+        sub_tasks: SubTasks {
+            priority: args.priority,
+            expected_ms: args.expected_ms,
+            resources: args.resources.clone(),
+        },
     };
     let trace = args.traceparent;
     let submitter = Submitter::connect(&cfg).await?;
-    let manifest = submitter.manifest(&spec, payloads.len() as u64);
+    let manifest = submitter.manifest(&spec, payloads.len() as u64)?;
     let id = manifest.job_id.clone();
     // Opened before publishing, so nothing the job produces is missed.
     let mut watch = match args.wait {
@@ -53,7 +58,9 @@ async fn submit(args: JobSubmitArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     };
     let publishing = bar(manifest.total, "publishing");
     submitter
-        .submit(&manifest, payloads, trace, |n| publishing.inc(n))
+        .submit(&manifest, &spec.sub_tasks, payloads, trace, |n| {
+            publishing.inc(n)
+        })
         .await?;
     publishing.finish_and_clear();
     submitter.flush(Duration::from_secs(10));

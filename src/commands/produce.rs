@@ -124,13 +124,7 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             let mut task = Task::new(kind.clone(), payload);
             task.priority = args.priority;
             task.expected_ms = args.expected_ms;
-            if let Some(r) = &args.resources {
-                let v = serde_json::from_str(r)
-                    .map_err(|e| anyhow::anyhow!("--resources is not JSON: {e}"))?;
-                sluice_common::resources::Needs::parse(Some(&v))
-                    .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
-                task.resources = Some(v);
-            }
+            task.resources = args.resources.clone();
             Some(task)
         }
         None => None,

@@ -2,7 +2,8 @@
 //! manifest, and read a job's state back from Kafka.
 //!
 //! The model (see `sluice_common::job` and docs/JOBS.md): a manifest on the jobs
-//! topic, sub-tasks carrying `job: {id, index, total}` on the task topic, their
+//! topic, sub-tasks carrying `job: {id, index, total}` on the task topic (or the
+//! lane or pool topic their scheduling fields route them to), their
 //! results on the results topic (keyed by job id), and one job result on the jobs
 //! topic, published by a worker's gatherer. Nothing here keeps state that Kafka
 //! does not have: [`JobWatch`] rebuilds it from the two topics in any process.
@@ -19,4 +20,4 @@ pub mod submit;
 
 pub use book::{JobBook, JobStatus, JobWatch};
 pub use split::{Split, SplitError};
-pub use submit::{JobSpec, SubmitError, Submitter};
+pub use submit::{JobSpec, SubTasks, SubmitError, Submitter};

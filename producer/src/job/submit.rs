@@ -1,6 +1,11 @@
 //! Submitting a job: the manifest first, then every sub-task, each delivery
 //! awaited.
 //!
+//! Sub-tasks are published like any task, through the [`Router`](crate::Router):
+//! the job's [`SubTasks`] options (priority, expected time, resources) send
+//! them to their priority lane, the long-task lane or a pool's topics
+//! (docs/SCHEDULING.md), and the gatherer collects their results wherever they ran.
+//!
 //! The manifest goes first so that a gatherer never waits long for it. If some
 //! sub-tasks cannot be published, the job could never finish; the submitter then
 //! publishes a failed job result itself, so that the job ends (as failed, saying
@@ -34,6 +39,37 @@ pub struct JobSpec {
     pub gather: GatherSpec,
     /// When failures fail the job.
     pub failure: FailurePolicy,
+    /// What every sub-task carries for scheduling.
+    pub sub_tasks: SubTasks,
+}
+
+/// The scheduling fields every sub-task of a job carries, as on a single task
+/// (docs/WIRE.md); they pick the sub-tasks' topic as they would a task's.
+#[derive(Debug, Clone, Default)]
+pub struct SubTasks {
+    /// `priority`: the lane, and the order within a worker.
+    pub priority: Option<i32>,
+    /// `expected_ms`: the long-task lane, shortest-expected-first.
+    pub expected_ms: Option<u64>,
+    /// `resources`: needs against a worker's capacity; `class` picks the pool.
+    pub resources: Option<Value>,
+}
+
+impl SubTasks {
+    /// Sub-task `index` of `manifest`'s job.
+    fn task(&self, manifest: &Manifest, index: u64, payload: Value) -> Task {
+        let mut task = Task::new(manifest.kind.clone(), payload);
+        task.id = Some(format!("{}/{index}", manifest.job_id));
+        task.job = Some(JobRef {
+            id: manifest.job_id.clone(),
+            index,
+            total: manifest.total,
+        });
+        task.priority = self.priority;
+        task.expected_ms = self.expected_ms;
+        task.resources = self.resources.clone();
+        task
+    }
 }
 
 /// Why a job was not (completely) submitted.
@@ -64,41 +100,47 @@ pub struct Submitter {
     publisher: Publisher,
     producer: FutureProducer,
     jobs_topic: String,
-    task_topic: String,
 }
 
 impl Submitter {
-    /// Connects and makes sure the task and jobs topics exist.
+    /// Connects, routing sub-tasks as [`Publisher::routed`] does, and makes
+    /// sure the task and jobs topics exist.
     pub async fn connect(cfg: &Config) -> Result<Submitter, PublishError> {
         kafka::ensure_topics(cfg, &[&cfg.topics.jobs]).await?;
         Ok(Submitter {
-            publisher: Publisher::connect(cfg, &cfg.topics.tasks).await?,
+            publisher: Publisher::routed(cfg).await?,
             producer: kafka::producer(cfg, "sluice-jobs")?,
             jobs_topic: cfg.topics.jobs.clone(),
-            task_topic: cfg.topics.tasks.clone(),
         })
     }
 
-    /// The manifest `spec` would get with `total` sub-tasks.
-    pub fn manifest(&self, spec: &JobSpec, total: u64) -> Manifest {
-        Manifest {
+    /// The manifest `spec` would get with `total` sub-tasks; an error when its
+    /// sub-task options are unusable (malformed `resources`).
+    pub fn manifest(&self, spec: &JobSpec, total: u64) -> Result<Manifest, PublishError> {
+        let mut manifest = Manifest {
             job_id: spec.id.clone().unwrap_or_else(new_task_id),
             kind: spec.kind.clone(),
             total,
             split: spec.split.to_string(),
             gather: spec.gather.clone(),
             failure: spec.failure,
-            task_topic: self.task_topic.clone(),
+            task_topic: String::new(),
             submitted_ms: now_ms(),
-        }
+        };
+        // Every sub-task has the same scheduling fields, so one topic.
+        let sample = spec.sub_tasks.task(&manifest, 0, Value::Null);
+        manifest.task_topic = self.publisher.topic_for(&Outgoing::new(sample, None))?;
+        Ok(manifest)
     }
 
     /// Publishes `manifest` and one sub-task per payload (`payloads.len()` must be
-    /// `manifest.total`); `sent` is called as deliveries are confirmed. All
-    /// sub-tasks carry one trace: `trace` continued, or a new one for the job.
+    /// `manifest.total`), each with the scheduling fields of `sub_tasks`; `sent`
+    /// is called as deliveries are confirmed. All sub-tasks carry one trace:
+    /// `trace` continued, or a new one for the job.
     pub async fn submit(
         &self,
         manifest: &Manifest,
+        sub_tasks: &SubTasks,
         payloads: Vec<Value>,
         trace: Option<TraceContext>,
         mut sent: impl FnMut(u64),
@@ -118,13 +160,7 @@ impl Submitter {
             while pending.len() >= WINDOW {
                 settle(pending.next().await, &mut failed, &mut sent);
             }
-            let mut task = Task::new(manifest.kind.clone(), payload);
-            task.id = Some(format!("{}/{index}", manifest.job_id));
-            task.job = Some(JobRef {
-                id: manifest.job_id.clone(),
-                index: index as u64,
-                total: manifest.total,
-            });
+            let task = sub_tasks.task(manifest, index as u64, payload);
             let out = Outgoing::new(task, None).with_trace(Some(trace));
             match self.publisher.send(&out, None).await {
                 Ok(delivery) => pending.push(delivery),

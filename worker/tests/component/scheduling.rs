@@ -320,3 +320,94 @@ async fn lag_aware_publishing_avoids_the_partition_that_falls_behind() {
     // Round-robin would put 10 on each; partition 0 is about 12 records behind.
     assert!(on[1] >= 14, "keyless tasks per partition: {on:?}");
 }
+
+/// Submits a job of `square` over `split` and waits for its job result.
+async fn run_job(
+    cfg: &Config,
+    split: &str,
+    sub_tasks: sluice_producer::job::SubTasks,
+) -> (sluice_producer::job::JobStatus, String) {
+    use sluice_producer::job::{JobSpec, JobWatch, Split, Submitter};
+    let split: Split = split.parse().unwrap();
+    let spec = JobSpec {
+        id: None,
+        kind: "square".into(),
+        split: split.clone(),
+        gather: sluice_common::job::GatherSpec::Collect,
+        failure: Default::default(),
+        sub_tasks,
+    };
+    let submitter = Submitter::connect(cfg).await.unwrap();
+    let payloads = split.payloads().unwrap();
+    let manifest = submitter.manifest(&spec, payloads.len() as u64).unwrap();
+    let id = manifest.job_id.clone();
+    let mut watch = JobWatch::open(cfg, Some(id.clone()), sluice_producer::Start::End)
+        .await
+        .unwrap();
+    submitter
+        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "job {id} never ended");
+        watch.poll(Duration::from_millis(100)).await;
+        if let Some(s) = watch.book().status(&id).filter(|s| s.finished()) {
+            return (s, manifest.task_topic);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_sub_tasks_are_routed_to_their_lane_and_pool_and_still_gathered() {
+    let (_b, mut cfg) = broker(2);
+    cfg.topics.priority_lanes = true;
+    let (stop_a, ha) = ready_worker(&cfg, "general", sluice_worker::builtin()).await;
+    // The pool's own group; only the general group gathers, so each job has
+    // one gatherer.
+    let mut gpu_cfg = cfg.clone();
+    gpu_cfg.worker.pool = Some("gpu".into());
+    gpu_cfg.worker.group = "sluice-gpu".into();
+    gpu_cfg.worker.gatherer = false;
+    let (stop_b, hb) = ready_worker(&gpu_cfg, "gpu-1", sluice_worker::builtin()).await;
+    let urgent = sluice_producer::job::SubTasks {
+        priority: Some(5),
+        ..Default::default()
+    };
+    let (high, high_topic) = run_job(&cfg, "range:1..6", urgent).await;
+    let on_gpu = sluice_producer::job::SubTasks {
+        resources: Some(json!({"class": "gpu", "gpu": 1})),
+        ..Default::default()
+    };
+    let (gpu, gpu_topic) = run_job(&cfg, "range:1..4", on_gpu).await;
+    let all = results(&cfg, 10, Duration::from_secs(60)).await;
+    stop_a.cancel();
+    stop_b.cancel();
+    ha.await.unwrap();
+    hb.await.unwrap();
+    let tasks = &cfg.topics.tasks;
+    assert_eq!(high_topic, format!("{tasks}.high"), "the manifest's topic");
+    assert_eq!(gpu_topic, format!("{tasks}.pool.gpu"));
+    for (job, want, topic) in [
+        (&high, json!([1, 4, 9, 16, 25, 36]), &high_topic),
+        (&gpu, json!([1, 4, 9, 16]), &gpu_topic),
+    ] {
+        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.output.as_ref(), Some(&want));
+        assert_eq!(job.gathered_by.as_deref(), Some("general"));
+        let subs: Vec<&TaskResult> = all
+            .iter()
+            .filter(|r| r.job.as_ref().is_some_and(|j| j.id == job.job_id))
+            .collect();
+        assert!(!subs.is_empty());
+        assert!(
+            subs.iter().all(|r| &r.topic == topic),
+            "sub-tasks ran from {:?}",
+            subs.iter().map(|r| &r.topic).collect::<Vec<_>>()
+        );
+    }
+    assert!(all
+        .iter()
+        .filter(|r| r.topic == gpu_topic)
+        .all(|r| r.worker == "gpu-1"));
+}
