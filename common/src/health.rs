@@ -17,6 +17,10 @@
 //!    runs nothing until then, so it is reported as not ready.
 //!
 //! A worker that is not ready answers 503 with the first reason that applies.
+//!
+//! A process with no poll thread and no partitions, such as `sluice produce
+//! --metrics`, uses [`Health::without_poll_thread`]: it is ready once connected
+//! (it is built after its publisher connects) until it begins to stop.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +56,8 @@ pub struct Health {
     last_poll: AtomicU64,
     assigned: AtomicUsize,
     stopping: AtomicBool,
+    /// Whether rules 2 and 3 apply: false for a process without a poll thread.
+    worker: bool,
 }
 
 impl Default for Health {
@@ -61,11 +67,21 @@ impl Default for Health {
             last_poll: AtomicU64::new(0),
             assigned: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            worker: true,
         }
     }
 }
 
 impl Health {
+    /// The health of a process that polls no consumer and holds no partitions
+    /// (a publisher): ready from now until [`Health::stopping`].
+    pub fn without_poll_thread() -> Health {
+        Health {
+            worker: false,
+            ..Health::default()
+        }
+    }
+
     /// The poll thread just polled.
     pub fn polled(&self) {
         let ms = self.origin.elapsed().as_millis() as u64 + 1;
@@ -91,6 +107,9 @@ impl Health {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(NotReady::Stopping);
         }
+        if !self.worker {
+            return Ok(());
+        }
         let last = self.last_poll.load(Ordering::Relaxed);
         if last == 0 {
             return Err(NotReady::Starting);
@@ -109,6 +128,14 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_without_poll_thread_is_ready_until_it_stops() {
+        let h = Health::without_poll_thread();
+        assert_eq!(h.ready_at(POLL_STALE_AFTER * 3), Ok(()));
+        h.stopping();
+        assert_eq!(h.ready(), Err(NotReady::Stopping));
+    }
 
     #[test]
     fn ready_needs_a_fresh_poll_and_partitions_and_not_stopping() {

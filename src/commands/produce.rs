@@ -136,18 +136,8 @@ pub async fn run(args: ProduceArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let _endpoint_guard = endpoint_stop.clone().drop_guard();
     if args.metrics {
         let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
-        // Ready while the process runs connected: a producer has no partitions
-        // to hold or poll thread to watch.
-        health.partitions_assigned(publisher.partitions() as usize);
-        let h = health.clone();
-        let stop = endpoint_stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
-                h.polled();
-            }
-        });
+        // Built after the publisher connected: ready until the process stops.
+        let health = Arc::new(Health::without_poll_thread());
         let url =
             exporter::start(&cfg.metrics, metrics.clone(), health, endpoint_stop.clone()).await?;
         eprintln!("metrics served at {url}");

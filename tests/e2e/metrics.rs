@@ -241,6 +241,8 @@ fn a_producer_streaming_from_stdin_counts_its_publishes() {
         "{{\"kind\":\"noop\",\"payload\":\"{}\"}}\n",
         "x".repeat(2000)
     ));
+    // A publisher has no poll thread or partitions: ready once connected.
+    assert_eq!(get(addr, "/health/ready"), (200, "ready\n".into()));
     std::io::Write::write_all(&mut stdin, lines.as_bytes()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
