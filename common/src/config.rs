@@ -41,8 +41,9 @@ pub struct KafkaConfig {
     pub connect_timeout_ms: u64,
     /// Longest time a broker may hold a fetch request open when there is no data
     /// (librdkafka's `fetch.wait.max.ms`; its default is 500). Apache Kafka answers
-    /// as soon as records arrive; the embedded broker waits the full time, so lower
-    /// it there for latency.
+    /// as soon as records arrive; the embedded broker waits the full time, so on it
+    /// workers and readers that keep this default use 10 instead
+    /// (`kafka::adapted_to_cluster`).
     pub fetch_wait_max_ms: u64,
     /// TLS and SASL.
     pub security: SecurityConfig,

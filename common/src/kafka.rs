@@ -173,6 +173,53 @@ pub fn wait_reachable<C: ClientContext>(
         })
 }
 
+/// How librdkafka's mock cluster, the embedded broker, names itself.
+const EMBEDDED_CLUSTER_ID_PREFIX: &str = "mockCluster";
+
+/// The fetch wait on the embedded broker while the configuration keeps the default.
+pub const EMBEDDED_FETCH_WAIT_MS: u64 = 10;
+
+/// `cfg` adapted to the cluster it names. The embedded broker holds a fetch that
+/// finds no data for the whole fetch wait, even when records arrive meanwhile
+/// (Apache Kafka and Tansu answer as soon as they do), so with the default wait of
+/// 500 ms every task at low load would wait up to half a second before it starts.
+/// There the default becomes [`EMBEDDED_FETCH_WAIT_MS`]; any other configured value
+/// is kept. Call it once the cluster is known to be reachable: an unanswered
+/// probe keeps `cfg` as it is.
+pub async fn adapted_to_cluster(mut cfg: Config) -> Config {
+    let probe: BaseConsumer =
+        match admin_consumer_config(&cfg, "sluice-admin", "sluice-admin").create() {
+            Ok(p) => p,
+            Err(_) => return cfg,
+        };
+    let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+    // The request blocks: keep it off the async threads.
+    let id = tokio::task::spawn_blocking(move || probe.client().fetch_cluster_id(timeout))
+        .await
+        .ok()
+        .flatten();
+    let wait = fetch_wait_for(&cfg, id.as_deref());
+    if wait != cfg.kafka.fetch_wait_max_ms {
+        tracing::info!(
+            fetch_wait_max_ms = wait,
+            "embedded broker: shorter fetch wait (it holds empty fetches for the whole wait)"
+        );
+        cfg.kafka.fetch_wait_max_ms = wait;
+    }
+    cfg
+}
+
+/// The fetch wait for a cluster with this id, by the rule of [`adapted_to_cluster`].
+fn fetch_wait_for(cfg: &Config, cluster_id: Option<&str>) -> u64 {
+    let configured = cfg.kafka.fetch_wait_max_ms;
+    let embedded = cluster_id.is_some_and(|id| id.starts_with(EMBEDDED_CLUSTER_ID_PREFIX));
+    if embedded && configured == crate::config::KafkaConfig::default().fetch_wait_max_ms {
+        EMBEDDED_FETCH_WAIT_MS
+    } else {
+        configured
+    }
+}
+
 /// Partition count of `topic`, or `None` when the topic does not exist.
 pub fn partition_count<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
@@ -378,6 +425,27 @@ pub fn group_observer(cfg: &Config, group: &str) -> Result<BaseConsumer<QuietCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_fetch_wait_shortens_only_on_the_embedded_broker() {
+        let mut cfg = Config::default();
+        let embedded = Some("mockCluster7f3a");
+        assert_eq!(fetch_wait_for(&cfg, embedded), EMBEDDED_FETCH_WAIT_MS);
+        assert_eq!(fetch_wait_for(&cfg, Some("5L6g3nShT-eMCtK--X86sw")), 500);
+        assert_eq!(fetch_wait_for(&cfg, None), 500, "no answer: unchanged");
+        cfg.kafka.fetch_wait_max_ms = 50;
+        assert_eq!(fetch_wait_for(&cfg, embedded), 50, "a configured wait wins");
+    }
+
+    #[tokio::test]
+    async fn the_embedded_broker_is_recognised_by_its_cluster_id() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let broker = crate::EmbeddedBroker::start(any, &[], 1).unwrap();
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = broker.bootstrap();
+        let cfg = adapted_to_cluster(cfg).await;
+        assert_eq!(cfg.kafka.fetch_wait_max_ms, EMBEDDED_FETCH_WAIT_MS);
+    }
 
     #[test]
     fn offsetless_acks_are_resent_twice_and_only_by_an_idempotent_producer() {

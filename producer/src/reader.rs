@@ -47,6 +47,7 @@ impl TopicReader {
         start: Start,
     ) -> Result<TopicReader, sluice_common::Error> {
         let counts = kafka::ensure_topics(cfg, &[topic]).await?;
+        let cfg = &kafka::adapted_to_cluster(cfg.clone()).await;
         let consumer: StreamConsumer<QuietContext> = kafka::reader_config(cfg, "sluice-reader")
             .create_with_context(QuietContext)
             .map_err(sluice_common::Error::client)?;

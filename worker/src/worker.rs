@@ -119,6 +119,8 @@ pub async fn run_with(
     let mut topics: Vec<&str> = consumed.iter().map(String::as_str).collect();
     topics.extend([cfg.topics.results.as_str(), dlq_topic.as_str()]);
     kafka::ensure_topics(&cfg, &topics).await?;
+    let cfg = kafka::adapted_to_cluster(cfg).await;
+    let w = &cfg.worker;
     let producer = kafka::worker_producer(&cfg, &worker_id, metrics.clone())?;
     // The caller's token, or the safety valve, stops the worker.
     let shutdown = shutdown.child_token();
