@@ -200,7 +200,7 @@ pub async fn adapted_to_cluster(mut cfg: Config) -> Config {
         .flatten();
     let wait = fetch_wait_for(&cfg, id.as_deref());
     if wait != cfg.kafka.fetch_wait_max_ms {
-        tracing::info!(
+        tracing::debug!(
             fetch_wait_max_ms = wait,
             "embedded broker: shorter fetch wait (it holds empty fetches for the whole wait)"
         );
