@@ -10,6 +10,8 @@ use serde_json::Value;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod encode;
+
 /// A unit of work, as carried in the value of a record on a task topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {

@@ -14,9 +14,6 @@ use sluice_common::{trace, Status, Task, TaskResult, TraceContext};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Bytes reserved for a result record before encoding it.
-const RESULT_CAPACITY: usize = 512;
-
 /// Why a record is dead-lettered, for its headers.
 pub(crate) struct DeadLetter<'a> {
     pub error: &'a str,
@@ -51,16 +48,13 @@ impl Outbox {
         trace: &TraceContext,
         give_up: &CancellationToken,
     ) -> Option<Status> {
-        // Sized for a typical result up front: growing from empty reallocated
-        // and copied it about seven times (measured with callgrind).
-        let mut value = Vec::with_capacity(RESULT_CAPACITY);
-        serde_json::to_writer(&mut value, result).expect("a result always serializes");
+        let value = result.encode();
         match self
             .send(
                 &self.results,
                 Some(result.key().as_bytes()),
                 &value,
-                traced(OwnedHeaders::new(), trace),
+                || traced(OwnedHeaders::new_with_capacity(1), trace),
                 give_up,
             )
             .await
@@ -77,13 +71,13 @@ impl Outbox {
                 smaller.error = Some(format!(
                     "the handler's output made a {bytes}-byte result, larger than the producer's message.max.bytes; output dropped"
                 ));
-                let value = serde_json::to_vec(&smaller).expect("a result always serializes");
+                let value = smaller.encode();
                 match self
                     .send(
                         &self.results,
                         Some(smaller.key().as_bytes()),
                         &value,
-                        traced(OwnedHeaders::new(), trace),
+                        || traced(OwnedHeaders::new_with_capacity(1), trace),
                         give_up,
                     )
                     .await
@@ -107,8 +101,7 @@ impl Outbox {
         let offset = inc.offset.to_string();
         let attempts = why.attempts.to_string();
         let time = now_ms().to_string();
-        let mut h = OwnedHeaders::new();
-        for (key, value) in [
+        let fields = [
             (headers::ERROR, why.error),
             (headers::ATTEMPTS, &attempts),
             (headers::TASK_ID, why.task_id),
@@ -118,22 +111,21 @@ impl Outbox {
             (headers::OFFSET, &offset),
             (headers::WORKER, &self.worker_id),
             (headers::TIME_MS, &time),
-        ] {
-            h = h.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        ];
+        let make = || {
+            let mut h = OwnedHeaders::new_with_capacity(fields.len() + 1);
+            for (key, value) in fields {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            traced(h, trace)
+        };
         let value = inc.value.as_deref().unwrap_or_default();
         matches!(
-            self.send(
-                &self.dead_letter,
-                inc.key.as_deref(),
-                value,
-                traced(h, trace),
-                give_up
-            )
-            .await,
+            self.send(&self.dead_letter, inc.key.as_deref(), value, make, give_up)
+                .await,
             Sent::Durable
         )
     }
@@ -146,7 +138,7 @@ impl Outbox {
         trace: &TraceContext,
         give_up: &CancellationToken,
     ) -> bool {
-        let headers = traced(OwnedHeaders::new(), trace);
+        let headers = || traced(OwnedHeaders::new_with_capacity(1), trace);
         matches!(
             self.send(&self.retry, key, &task.encode(), headers, give_up)
                 .await,
@@ -159,7 +151,9 @@ impl Outbox {
         topic: &str,
         key: Option<&[u8]>,
         value: &[u8],
-        headers: OwnedHeaders,
+        // Built for each attempt: librdkafka takes the headers it is given, and
+        // building them again on the rare resend is cheaper than a copy per write.
+        headers: impl Fn() -> OwnedHeaders,
         give_up: &CancellationToken,
     ) -> Sent {
         let mut backoff = Duration::from_millis(100);
@@ -169,7 +163,7 @@ impl Outbox {
             if let Some(k) = key {
                 record = record.key(k);
             }
-            record = record.headers(headers.clone());
+            record = record.headers(headers());
             let sent = tokio::select! {
                 _ = give_up.cancelled() => return Sent::GaveUp,
                 r = self.producer.send(record, Timeout::Never) => r,
@@ -205,6 +199,6 @@ impl Outbox {
 fn traced(headers: OwnedHeaders, trace: &TraceContext) -> OwnedHeaders {
     headers.insert(Header {
         key: trace::HEADER,
-        value: Some(&trace.to_string()),
+        value: Some(&trace.header_value()[..]),
     })
 }

@@ -4,13 +4,20 @@
 
 use super::{Builder, Metrics};
 use crate::resources::Amounts;
-use prometheus::{Gauge, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use crate::routing::Lane;
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
 use std::time::Duration;
 
 pub(super) struct SchedulerMetrics {
     waiting: IntGaugeVec,
     starts: IntCounterVec,
     lane_wait: HistogramVec,
+    /// The series of each lane in `Lane::ALL` order, resolved once: a label
+    /// lookup hashes the label values, and these change on every task start and
+    /// end (about 1,700 instructions per task for the four `waiting` gauges).
+    by_lane: [LaneSeries; 4],
     in_use: GaugeVec,
     capacity: GaugeVec,
     limit: IntGauge,
@@ -20,22 +27,30 @@ pub(super) struct SchedulerMetrics {
 
 impl SchedulerMetrics {
     pub(super) fn register(b: &mut Builder) -> Self {
-        SchedulerMetrics {
-            waiting: b.gauge_vec(
+        let waiting = b.gauge_vec(
                 "sluice_lane_waiting_tasks",
                 "Ready tasks waiting in the worker's scheduler for a slot, by lane (high, normal, long, low).",
                 &["lane"],
-            ),
-            starts: b.counter_vec(
-                "sluice_lane_starts_total",
-                "Attempts granted a slot by the scheduler, by lane.",
-                &["lane"],
-            ),
-            lane_wait: b.histogram_vec(
-                "sluice_lane_queue_wait_seconds",
-                "From a task's creation to its first attempt's start, by lane.",
-                &["lane"],
-            ),
+            );
+        let starts = b.counter_vec(
+            "sluice_lane_starts_total",
+            "Attempts granted a slot by the scheduler, by lane.",
+            &["lane"],
+        );
+        let lane_wait = b.histogram_vec(
+            "sluice_lane_queue_wait_seconds",
+            "From a task's creation to its first attempt's start, by lane.",
+            &["lane"],
+        );
+        SchedulerMetrics {
+            by_lane: Lane::ALL.map(|lane| LaneSeries {
+                waiting: waiting.with_label_values(&[lane.as_str()]),
+                starts: starts.with_label_values(&[lane.as_str()]),
+                wait: lane_wait.with_label_values(&[lane.as_str()]),
+            }),
+            waiting,
+            starts,
+            lane_wait,
             in_use: b.float_gauge_vec(
                 "sluice_resource_in_use",
                 "Resources held by running tasks, by name (only names in worker.scheduler.capacity).",
@@ -60,6 +75,20 @@ impl SchedulerMetrics {
             ),
         }
     }
+
+    fn lane(&self, name: &str) -> Option<&LaneSeries> {
+        Lane::ALL
+            .iter()
+            .position(|l| l.as_str() == name)
+            .map(|i| &self.by_lane[i])
+    }
+}
+
+/// One lane's series.
+struct LaneSeries {
+    waiting: IntGauge,
+    starts: IntCounter,
+    wait: Histogram,
 }
 
 impl Metrics {
@@ -74,7 +103,10 @@ impl Metrics {
     ) {
         let s = &self.scheduler;
         for (lane, n) in waiting {
-            s.waiting.with_label_values(&[lane]).set(*n as i64);
+            match s.lane(lane) {
+                Some(series) => series.waiting.set(*n as i64),
+                None => s.waiting.with_label_values(&[lane]).set(*n as i64),
+            }
         }
         for name in capacity.0.keys() {
             let used = in_use.0.get(name).copied().unwrap_or(0.0);
@@ -93,11 +125,18 @@ impl Metrics {
     /// An attempt of `lane` was granted a slot; `queue_wait` for first attempts.
     pub fn lane_started(&self, lane: &str, queue_wait: Option<Duration>) {
         let s = &self.scheduler;
-        s.starts.with_label_values(&[lane]).inc();
+        let Some(series) = s.lane(lane) else {
+            s.starts.with_label_values(&[lane]).inc();
+            if let Some(w) = queue_wait {
+                s.lane_wait
+                    .with_label_values(&[lane])
+                    .observe(w.as_secs_f64());
+            }
+            return;
+        };
+        series.starts.inc();
         if let Some(w) = queue_wait {
-            s.lane_wait
-                .with_label_values(&[lane])
-                .observe(w.as_secs_f64());
+            series.wait.observe(w.as_secs_f64());
         }
     }
 

@@ -105,6 +105,27 @@ impl<W> Dispatcher<W> {
         );
     }
 
+    /// Starts `ticket` at once, without queueing it, when nothing waits and it
+    /// may run now: exactly what [`enqueue`](Self::enqueue) and
+    /// [`next`](Self::next) would decide for it, minus the queue. Returns false
+    /// (and changes nothing) otherwise; the caller then enqueues it.
+    pub fn start_now(&mut self, ticket: &Ticket) -> bool {
+        if self.running >= self.limits.concurrency
+            || self.queues.iter().any(|q| !q.is_empty())
+            || (ticket.lane == LONG && self.running_by_lane[LONG] >= self.limits.long_slots)
+            || !self.fits(&ticket.needs)
+        {
+            return false;
+        }
+        let mut waiting = [false; LANES];
+        waiting[ticket.lane] = true;
+        self.picker.started(ticket.lane, &waiting);
+        self.running += 1;
+        self.running_by_lane[ticket.lane] += 1;
+        self.in_use.add(&ticket.needs);
+        true
+    }
+
     /// The next task to start, now counted as running; `None` when nothing may
     /// start. Call until `None` after every enqueue, release or limit change.
     pub fn next(&mut self) -> Option<(Ticket, W)> {
@@ -247,6 +268,17 @@ mod tests {
     }
 
     #[test]
+    fn a_task_starts_at_once_only_when_nothing_waits_and_it_may_run() {
+        let mut d = Dispatcher::new(limits(2, None), [0.0; LANES]);
+        assert!(d.start_now(&ticket(1, 0, 0)));
+        d.enqueue(ticket(1, 0, 0), 7);
+        assert!(!d.start_now(&ticket(0, 9, 0)), "another task waits");
+        assert_eq!(drain(&mut d), vec![7]);
+        assert!(!d.start_now(&ticket(1, 0, 0)), "no free slot");
+        assert_eq!(d.running(), 2);
+    }
+
+    #[test]
     fn concurrency_and_long_slots_bound_starts() {
         let mut d = Dispatcher::new(
             Limits {
@@ -348,7 +380,13 @@ mod tests {
                         let needs = amounts(f64::from(cpu), f64::from(mem));
                         // Tasks that can never fit are rejected before they queue.
                         if needs.exceeding(&cap).is_none() {
-                            d.enqueue(Ticket { needs, ..ticket(lane, 0, 0) }, 0);
+                            let t = Ticket { needs, ..ticket(lane, 0, 0) };
+                            // Half of them take the fast path, as the scheduler does.
+                            if cpu % 2 == 0 && d.start_now(&t) {
+                                running.push(t);
+                            } else {
+                                d.enqueue(t, 0);
+                            }
                         }
                     }
                     Op::Finish(i) if !running.is_empty() => {

@@ -155,17 +155,26 @@ impl Scheduler {
         if self.rates.admit(kind).await {
             self.metrics.rate_limited();
         }
-        let (tx, rx) = oneshot::channel();
         let saturated;
-        {
+        let rx = {
             let mut core = self.core();
             saturated = core.running() >= core.concurrency();
-            core.enqueue(ticket.clone(), tx);
-            self.dispatch(&mut core);
-        }
+            // Nothing waits and a slot is free: no queue, no channel, no wake-up.
+            if core.start_now(ticket) {
+                self.report(&core);
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                core.enqueue(ticket.clone(), tx);
+                self.dispatch(&mut core);
+                Some(rx)
+            }
+        };
         // The sender lives in the dispatcher until it is granted; the dispatcher
         // is never dropped while a worker runs.
-        let _ = rx.await;
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
         Slot {
             sched: self.clone(),
             ticket: ticket.clone(),
