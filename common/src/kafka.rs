@@ -8,14 +8,12 @@
 
 use crate::config::{Config, GroupProtocol};
 use crate::error::Error;
-use crate::metrics::Metrics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, Producer};
-use std::sync::Arc;
+use rdkafka::producer::{FutureProducer, Producer, ProducerContext, ThreadedProducer};
 use std::time::Duration;
 
 /// Settings every client shares.
@@ -102,31 +100,19 @@ fn statistics(c: &mut ClientConfig, cfg: &Config) {
     }
 }
 
-/// The context of a worker's producer: its statistics feed [`Metrics`].
-pub struct ProducerStats(pub Arc<Metrics>);
-
-impl ClientContext for ProducerStats {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.0.producer_statistics(&statistics);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        log_client_error(&error, reason);
-    }
-}
-
 /// The producer of a worker's results, retries and dead letters: a
-/// [`producer`] whose statistics go to `metrics`.
-pub fn worker_producer(
+/// [`producer_config`] producer with statistics when metrics want them, whose
+/// `context` handles delivery reports (and feeds the statistics to the metrics).
+pub fn worker_producer<C: ProducerContext>(
     cfg: &Config,
     client_id: &str,
-    metrics: Arc<Metrics>,
-) -> Result<FutureProducer<ProducerStats>, Error> {
+    context: C,
+) -> Result<ThreadedProducer<C>, Error> {
     let mut c = producer_config(cfg, client_id);
     statistics(&mut c, cfg);
     // Applied again so that a raw statistics.interval.ms still wins.
     finish(c, cfg)
-        .create_with_context(ProducerStats(metrics))
+        .create_with_context(context)
         .map_err(Error::client)
 }
 

@@ -16,6 +16,7 @@ use crate::outbox::{DeadLetter, Outbox};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::valve::Valve;
+use crate::writer::PendingResult;
 use futures::FutureExt;
 use serde_json::Value;
 use sluice_common::config::WorkerConfig;
@@ -252,17 +253,18 @@ impl Executor {
                     }
                     None => true,
                 };
-                let delivered = if parked {
-                    self.outbox.result(&result, &trace, &self.give_up).await
-                } else {
-                    None
-                };
-                if let Some(status) = delivered {
-                    self.counters.finished(status);
-                    self.metrics
-                        .task_finished(&labels, status, since(result.created_ms, now_ms()));
+                if parked {
+                    // The writer's delivery callback finishes the task.
+                    let pending = PendingResult {
+                        result,
+                        trace,
+                        check: self.outbox.write_check,
+                        labels,
+                        completion: completion(&inc, false),
+                    };
+                    return self.outbox.result(pending, &self.give_up).await;
                 }
-                delivered.is_some()
+                false
             }
         };
         self.complete(&inc, done);
@@ -281,13 +283,7 @@ impl Executor {
     }
 
     fn complete(&self, inc: &Incoming, done: bool) {
-        let _ = self.completions.send(Completion {
-            topic: inc.topic.clone(),
-            partition: inc.partition,
-            offset: inc.offset,
-            epoch: inc.epoch,
-            done,
-        });
+        let _ = self.completions.send(completion(inc, done));
     }
 
     /// The record cannot succeed: dead-letter it (or just fail it, when dead
@@ -387,6 +383,17 @@ impl Executor {
             finished_ms: now_ms(),
             job: task.and_then(|t| t.job.clone()),
         }
+    }
+}
+
+/// What became of `inc`, for the poll thread.
+fn completion(inc: &Incoming, done: bool) -> Completion {
+    Completion {
+        topic: inc.topic.clone(),
+        partition: inc.partition,
+        offset: inc.offset,
+        epoch: inc.epoch,
+        done,
     }
 }
 

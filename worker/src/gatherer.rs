@@ -23,16 +23,15 @@
 
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::retry::RetryPolicy;
+use crate::writer::Writer;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_common::job::{GatherSpec, JobRecord, JobResult, JobState, Manifest, Tally, Verdict};
-use sluice_common::kafka::{self, ProducerStats, QuietContext};
+use sluice_common::kafka::{self, QuietContext};
 use sluice_common::{Config, Metrics, Task, TaskResult};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -54,7 +53,7 @@ const MANIFEST_GRACE: Duration = Duration::from_secs(30);
 pub(crate) struct Gatherer {
     pub cfg: Config,
     pub registry: Registry,
-    pub producer: FutureProducer<ProducerStats>,
+    pub producer: Writer,
     pub worker_id: String,
     pub metrics: Arc<Metrics>,
 }
@@ -304,17 +303,15 @@ impl Gatherer {
         let mut value = JobRecord::Result(job.clone()).encode();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let record = FutureRecord::to(&self.cfg.topics.jobs)
-                .key(job.job_id.as_bytes())
-                .payload(&value);
+            let (topic, key) = (&self.cfg.topics.jobs, job.job_id.as_bytes());
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.producer.send(record, Timeout::Never) => r,
+                r = self.producer.send(topic, Some(key), &value, None) => r,
             };
             match sent {
                 Ok(_) => break,
                 // Retrying cannot help: the job fails, saying why, instead of hanging.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
                     if job.output.is_some() =>
                 {
                     tracing::warn!(job.id = %job.job_id, bytes = value.len(), "job result too large for the jobs topic");
@@ -326,7 +323,7 @@ impl Gatherer {
                     job.state = JobState::Failed;
                     value = JobRecord::Result(job.clone()).encode();
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, job.id = %job.job_id, "job result not acknowledged; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

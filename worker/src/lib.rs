@@ -44,6 +44,7 @@
 //!   concurrency (docs/SCHEDULING.md).
 //! - `execute`: one task from record to durable result.
 //! - `outbox`: results, dead letters and retries, each written until durable.
+//! - `writer`: the worker's producer; its delivery callback finishes tasks.
 //! - `gatherer`: the job gatherer — sub-task results to job results (docs/JOBS.md).
 //! - [`retry`]: the retry policy (attempts, backoff with jitter).
 //! - `valve`: the dead-letter safety valve.
@@ -64,6 +65,7 @@ mod scheduler;
 pub mod tracker;
 mod valve;
 pub mod worker;
+mod writer;
 
 pub use builtin::builtin;
 pub use counters::Counters;

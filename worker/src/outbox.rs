@@ -1,18 +1,29 @@
 //! Everything a worker writes: results, dead letters and retries. Each write is
 //! retried until Kafka acknowledges it, because a task's offset may be stored only
 //! once what it produced is durable.
+//!
+//! A result is queued and left to the [`writer`](crate::writer)'s delivery
+//! callback, which finishes the task when the write is acknowledged; only a
+//! write that failed (or must be sent again) comes back here, to [`Outbox::redo`].
 
 use crate::consumer::Incoming;
+use crate::writer::{Acked, PendingResult, Redo, Writer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::Producer;
 use sluice_common::dead_letter::headers;
-use sluice_common::kafka::{ProducerStats, WriteCheck};
+use sluice_common::kafka::WriteCheck;
 use sluice_common::task::now_ms;
 use sluice_common::{trace, Status, Task, TaskResult, TraceContext};
+use std::cell::RefCell;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+thread_local! {
+    /// The result record and its key, encoded here: librdkafka copies both when
+    /// the record is queued, so one buffer per thread serves every result.
+    static RESULT_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(TaskResult::TYPICAL_BYTES));
+}
 
 /// Why a record is dead-lettered, for its headers.
 pub(crate) struct DeadLetter<'a> {
@@ -24,7 +35,7 @@ pub(crate) struct DeadLetter<'a> {
 
 /// The worker's producer and topics.
 pub(crate) struct Outbox {
-    pub producer: FutureProducer<ProducerStats>,
+    pub writer: Writer,
     pub results: String,
     pub retry: String,
     pub dead_letter: String,
@@ -40,23 +51,72 @@ enum Sent {
 }
 
 impl Outbox {
+    /// Queues `pending`'s result; the delivery callback finishes the task once
+    /// the write is acknowledged (see [`crate::writer`]).
+    // The error carries the pending task back: moved, not boxed, on the hot path.
+    #[allow(clippy::result_large_err)]
+    pub async fn result(&self, pending: PendingResult, give_up: &CancellationToken) {
+        let queued = RESULT_BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            pending.result.encode_into(&mut buffer);
+            let value_len = buffer.len();
+            buffer.extend_from_slice(pending.result.key().as_bytes());
+            let (value, key) = buffer.split_at(value_len);
+            let headers = traced(OwnedHeaders::new_with_capacity(1), &pending.trace);
+            self.writer
+                .send_result(&self.results, key, value, headers, pending)
+        });
+        if let Err((error, pending)) = queued {
+            // A full queue is no failure: `Writer::send` waits for room.
+            let error = match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => None,
+                e => Some(e),
+            };
+            self.redo(Redo { pending, error }, give_up).await;
+        }
+    }
+
+    /// Writes a result again until it is durable (or `give_up` fires), then
+    /// finishes its task.
+    pub async fn redo(&self, redo: Redo, give_up: &CancellationToken) {
+        let Redo { mut pending, error } = redo;
+        let delivered = self
+            .result_with(
+                &pending.result,
+                &pending.trace,
+                pending.check,
+                error.map(Err),
+                give_up,
+            )
+            .await;
+        let context = self.writer.context();
+        match delivered {
+            Some(status) => {
+                pending.result.status = status;
+                context.finished(pending);
+            }
+            None => context.report(pending.completion, false),
+        }
+    }
+
     /// Publishes `result` and returns the status that was delivered; `None` when
     /// `give_up` fired first (nothing durable: the offset must not be stored).
-    pub async fn result(
+    /// `first`: the outcome of a write of it made already.
+    async fn result_with(
         &self,
         result: &TaskResult,
         trace: &TraceContext,
+        check: WriteCheck,
+        first: Option<Result<Acked, KafkaError>>,
         give_up: &CancellationToken,
     ) -> Option<Status> {
         let value = result.encode();
+        let headers = || traced(OwnedHeaders::new_with_capacity(1), trace);
+        let key = Some(result.key().as_bytes());
+        let sent = Attempts { check, first };
         match self
-            .send(
-                &self.results,
-                Some(result.key().as_bytes()),
-                &value,
-                || traced(OwnedHeaders::new_with_capacity(1), trace),
-                give_up,
-            )
+            .send(&self.results, key, &value, headers, give_up, sent)
             .await
         {
             Sent::Durable => Some(result.status),
@@ -72,20 +132,23 @@ impl Outbox {
                     "the handler's output made a {bytes}-byte result, larger than the producer's message.max.bytes; output dropped"
                 ));
                 let value = smaller.encode();
+                let key = Some(smaller.key().as_bytes());
                 match self
-                    .send(
-                        &self.results,
-                        Some(smaller.key().as_bytes()),
-                        &value,
-                        || traced(OwnedHeaders::new_with_capacity(1), trace),
-                        give_up,
-                    )
+                    .send(&self.results, key, &value, headers, give_up, self.fresh())
                     .await
                 {
                     Sent::Durable => Some(Status::Failed),
                     _ => None,
                 }
             }
+        }
+    }
+
+    /// A record not written yet.
+    fn fresh(&self) -> Attempts {
+        Attempts {
+            check: self.write_check,
+            first: None,
         }
     }
 
@@ -123,9 +186,17 @@ impl Outbox {
             traced(h, trace)
         };
         let value = inc.value.as_deref().unwrap_or_default();
+        let fresh = self.fresh();
         matches!(
-            self.send(&self.dead_letter, inc.key.as_deref(), value, make, give_up)
-                .await,
+            self.send(
+                &self.dead_letter,
+                inc.key.as_deref(),
+                value,
+                make,
+                give_up,
+                fresh
+            )
+            .await,
             Sent::Durable
         )
     }
@@ -140,8 +211,15 @@ impl Outbox {
     ) -> bool {
         let headers = || traced(OwnedHeaders::new_with_capacity(1), trace);
         matches!(
-            self.send(&self.retry, key, &task.encode(), headers, give_up)
-                .await,
+            self.send(
+                &self.retry,
+                key,
+                &task.encode(),
+                headers,
+                give_up,
+                self.fresh()
+            )
+            .await,
             Sent::Durable
         )
     }
@@ -155,33 +233,35 @@ impl Outbox {
         // building them again on the rare resend is cheaper than a copy per write.
         headers: impl Fn() -> OwnedHeaders,
         give_up: &CancellationToken,
+        attempts: Attempts,
     ) -> Sent {
         let mut backoff = Duration::from_millis(100);
-        let mut check = self.write_check;
+        let Attempts {
+            mut check,
+            mut first,
+        } = attempts;
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            record = record.headers(headers());
-            let sent = tokio::select! {
-                _ = give_up.cancelled() => return Sent::GaveUp,
-                r = self.producer.send(record, Timeout::Never) => r,
+            let sent = match first.take() {
+                Some(outcome) => outcome,
+                None => tokio::select! {
+                    _ = give_up.cancelled() => return Sent::GaveUp,
+                    r = self.writer.send(topic, key, value, Some(headers())) => r,
+                },
             };
             match sent {
                 // An acknowledgement without an offset may hide a lost write.
-                Ok(d) if check.resend(d.offset) => {
-                    tracing::warn!(topic, partition = d.partition, "write acknowledged without an offset; writing it again to be sure it is stored");
+                Ok(a) if check.resend(a.offset) => {
+                    tracing::warn!(topic, partition = a.partition, "write acknowledged without an offset; writing it again to be sure it is stored");
                 }
                 Ok(_) => return Sent::Durable,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                     return Sent::TooLarge(value.len())
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, topic, "write not acknowledged; retrying");
                     // An idempotent producer that lost track of its sequence numbers
                     // fails every write from then on; say so instead of only retrying.
-                    if let Some((code, reason)) = self.producer.client().fatal_error() {
+                    if let Some((code, reason)) = self.writer.producer().client().fatal_error() {
                         tracing::error!(%code, reason, topic, "the worker's producer hit a fatal error; its writes cannot succeed until the worker restarts");
                     }
                     tokio::select! {
@@ -193,6 +273,14 @@ impl Outbox {
             }
         }
     }
+}
+
+/// Where the writes of one record stand.
+struct Attempts {
+    /// The acknowledgements seen so far.
+    check: WriteCheck,
+    /// The outcome of a write made already, not yet looked at.
+    first: Option<Result<Acked, KafkaError>>,
 }
 
 /// `headers` plus the `traceparent` of what the worker writes.

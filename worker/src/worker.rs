@@ -13,6 +13,7 @@ use crate::lanes::Lanes;
 use crate::outbox::Outbox;
 use crate::scheduler::Scheduler;
 use crate::valve::Valve;
+use crate::writer::{Writer, WriterContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use sluice_common::routing::Routes;
@@ -121,11 +122,22 @@ pub async fn run_with(
     kafka::ensure_topics(&cfg, &topics).await?;
     let cfg = kafka::adapted_to_cluster(cfg).await;
     let w = &cfg.worker;
-    let producer = kafka::worker_producer(&cfg, &worker_id, metrics.clone())?;
+    let (done_tx, done_rx) = mpsc::channel();
+    // Result writes to do again, from the producer's delivery callback.
+    let (redo_tx, mut redo_rx) = tokio::sync::mpsc::unbounded_channel();
+    let producer = Writer::new(kafka::worker_producer(
+        &cfg,
+        &worker_id,
+        WriterContext {
+            metrics: metrics.clone(),
+            counters: counters.clone(),
+            completions: done_tx.clone(),
+            redo: redo_tx,
+        },
+    )?);
     // The caller's token, or the safety valve, stops the worker.
     let shutdown = shutdown.child_token();
 
-    let (done_tx, done_rx) = mpsc::channel();
     let admission = Arc::new(Admission::new(shutdown.clone(), counters.clone()));
     let context = WorkerContext::new(
         done_rx,
@@ -171,7 +183,7 @@ pub async fn run_with(
     let executor = Arc::new(Executor {
         registry,
         outbox: Outbox {
-            producer: producer.clone(),
+            writer: producer.clone(),
             results: cfg.topics.results.clone(),
             retry: retry_topic,
             dead_letter: dlq_topic,
@@ -190,6 +202,30 @@ pub async fn run_with(
     });
     let tasks = TaskTracker::new();
     let lanes = Lanes::new(w.ordering, executor.clone(), tasks.clone());
+    // Each failed result write is retried on its own, like any other write.
+    let redoing = {
+        let (executor, tasks, give_up) = (executor.clone(), tasks.clone(), give_up.clone());
+        tokio::spawn(async move {
+            loop {
+                let redo = tokio::select! {
+                    r = redo_rx.recv() => r,
+                    _ = give_up.cancelled() => None,
+                };
+                let Some(redo) = redo else { break };
+                let executor = executor.clone();
+                tasks.spawn(async move { executor.outbox.redo(redo, &executor.give_up).await });
+            }
+            // Past the deadline: what is left is not durable; its tasks run again elsewhere.
+            redo_rx.close();
+            while let Ok(redo) = redo_rx.try_recv() {
+                executor
+                    .outbox
+                    .writer
+                    .context()
+                    .report(redo.pending.completion, false);
+            }
+        })
+    };
 
     let lane_topics: Vec<String> = routes.lanes().iter().map(|l| routes.topic(*l)).collect();
     let limits = PollLimits {
@@ -245,6 +281,7 @@ pub async fn run_with(
         }
     };
     give_up.cancel();
+    let _ = redoing.await;
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     watchdog.abort();
@@ -255,7 +292,7 @@ pub async fn run_with(
             tracing::error!("the job gatherer did not stop in time");
         }
     }
-    let _ = producer.flush(Duration::from_secs(5));
+    let _ = producer.producer().flush(Duration::from_secs(5));
     tracing::info!(worker.id = %worker_id, finished = counters.total_finished(), "worker stopped");
     if let Some(reason) = executor.valve.tripped() {
         return Err(WorkerError::SafetyValve(reason));
