@@ -215,13 +215,18 @@ fn a_delayed_task_starts_no_earlier_than_asked() {
         "{}",
         stderr(&out)
     );
+    // A worker that joins late (Tansu's classic join takes about 3 s here) would
+    // find both tasks due at once: wait until it runs a first task.
+    let out = env.run(&["produce", "--kind", "noop", "--id", "warm-up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.results(1, Duration::from_secs(60));
     let out = env.run(&[
         "produce", "--kind", "noop", "--id", "soon", "--delay", "1.5s",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.run(&["produce", "--kind", "noop", "--id", "now"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let results = env.results(2, Duration::from_secs(60));
+    let results = env.results(3, Duration::from_secs(60));
     let tasks = by_task(&results);
     let soon = tasks["soon"][0];
     let waited = soon["started_ms"].as_u64().unwrap() - soon["created_ms"].as_u64().unwrap();
