@@ -343,6 +343,10 @@ pub struct SchedulerConfig {
     /// workers to clear the current backlog within this many seconds, on top of
     /// keeping up with arrivals.
     pub scaling_drain_s: f64,
+    /// How often the scaling signal is recomputed, from the change in lag and
+    /// finished tasks since the last time. Keep it at least
+    /// `metrics.statistics_interval_ms`, where the lag comes from.
+    pub scaling_interval_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -358,6 +362,7 @@ impl Default for SchedulerConfig {
             history_results: 1_000,
             adaptive: AdaptiveConfig::default(),
             scaling_drain_s: 60.0,
+            scaling_interval_ms: 5_000,
         }
     }
 }
@@ -790,6 +795,12 @@ impl Config {
             return fail(
                 "worker.scheduler.scaling_drain_s",
                 "must be a positive number of seconds",
+            );
+        }
+        if s.scaling_interval_ms < 100 {
+            return fail(
+                "worker.scheduler.scaling_interval_ms",
+                "must be at least 100",
             );
         }
         if !(s.estimate_weight > 0.0 && s.estimate_weight <= 1.0) {

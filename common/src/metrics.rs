@@ -299,6 +299,7 @@ impl Metrics {
                 "sluice_producer_queue_messages",
                 "Results, retries and dead letters waiting in the worker's producer queue.",
             ),
+            lagging: Default::default(),
         };
         let scheduler = scheduler::SchedulerMetrics::register(&mut b);
         Metrics {

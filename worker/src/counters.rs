@@ -21,6 +21,8 @@ pub struct Counters {
     /// Most records ever handed out and not yet done at once: pausing keeps it
     /// near `worker.max_buffered_tasks` however slow the tasks are.
     pub buffered_peak: AtomicUsize,
+    /// The last scaling signal (`sluice_scaling_needed_workers`), as f64 bits.
+    needed_workers: AtomicU64,
 }
 
 impl Counters {
@@ -39,6 +41,17 @@ impl Counters {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub(crate) fn scaling_signal(&self, needed_workers: f64) {
+        self.needed_workers
+            .store(needed_workers.to_bits(), Ordering::Relaxed);
+    }
+
+    /// This worker's share of the workers its group needs, as last computed
+    /// (0 before the first `worker.scheduler.scaling_interval_ms`).
+    pub fn needed_workers(&self) -> f64 {
+        f64::from_bits(self.needed_workers.load(Ordering::Relaxed))
     }
 
     /// Partitions assigned now.

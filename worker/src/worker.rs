@@ -178,6 +178,7 @@ pub async fn run_with(
     let signal = tokio::spawn(scheduler.clone().signal_scaling(
         counters.clone(),
         w.scheduler.scaling_drain_s,
+        Duration::from_millis(w.scheduler.scaling_interval_ms),
         shutdown.clone(),
     ));
     let executor = Arc::new(Executor {

@@ -16,6 +16,7 @@ use super::Metrics;
 use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec};
 use rdkafka::statistics::Statistics;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(super) struct StatsGauges {
     pub partition_lag: IntGaugeVec,
@@ -24,6 +25,8 @@ pub(super) struct StatsGauges {
     pub end: IntGaugeVec,
     pub broker_rtt: GaugeVec,
     pub producer_queue: Gauge,
+    /// Assigned partitions with lag, for the scaling signal (not exported).
+    pub lagging: AtomicUsize,
 }
 
 /// Label sets set by the previous report.
@@ -46,6 +49,7 @@ impl Metrics {
         let mut seen = self.stats_seen.lock().expect("statistics lock");
         let mut partitions = HashSet::new();
         let mut total = 0;
+        let mut lagging = 0;
         for (topic, p) in stats
             .topics
             .iter()
@@ -69,6 +73,7 @@ impl Metrics {
             if lag >= 0 {
                 g.partition_lag.with_label_values(&values).set(lag);
                 total += lag;
+                lagging += usize::from(lag > 0);
             } else {
                 let _ = g.partition_lag.remove_label_values(&values);
             }
@@ -90,6 +95,13 @@ impl Metrics {
         }
         seen.partitions = partitions;
         g.lag.set(total);
+        g.lagging.store(lagging, Ordering::Relaxed);
+    }
+
+    /// Assigned partitions with records after their committed offset, from the
+    /// last statistics report.
+    pub fn lagging_partitions(&self) -> usize {
+        self.stats.lagging.load(Ordering::Relaxed)
     }
 
     /// A statistics report of the worker's producer (results, retries, dead

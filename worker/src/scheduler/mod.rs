@@ -218,11 +218,13 @@ impl Scheduler {
         }
     }
 
-    /// Publishes the scaling signal every [`scaling::INTERVAL`] until `stop`.
+    /// Publishes the scaling signal (metric and `counters`) every `interval`
+    /// until `stop`.
     pub async fn signal_scaling(
         self: Arc<Self>,
         counters: Arc<crate::Counters>,
         drain_s: f64,
+        interval: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let t0 = tokio::time::Instant::now();
@@ -234,7 +236,7 @@ impl Scheduler {
         let mut prev = sample();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(scaling::INTERVAL) => {}
+                _ = tokio::time::sleep(interval) => {}
                 _ = stop.cancelled() => return,
             }
             let now = sample();
@@ -242,10 +244,12 @@ impl Scheduler {
                 limit: self.core().concurrency(),
                 mean_run_s: self.estimates.mean_attempt_s(),
                 partitions: counters.assigned(),
+                lagging: self.metrics.lagging_partitions(),
                 drain_s,
             };
-            self.metrics
-                .scaling_signal(scaling::needed_workers(prev, now, worker));
+            let need = scaling::needed_workers(prev, now, worker);
+            self.metrics.scaling_signal(need);
+            counters.scaling_signal(need);
             prev = now;
         }
     }

@@ -1,12 +1,13 @@
 //! The scaling signal: how many workers the group needs.
 //!
-//! Every [`INTERVAL`] each worker publishes its share of the need as
-//! `sluice_scaling_needed_workers`:
+//! Every `worker.scheduler.scaling_interval_ms` (5 s) each worker publishes
+//! its share of the need as `sluice_scaling_needed_workers`:
 //!
 //! ```text
 //! arrival  = finished/s + Δlag/s                 (records reaching its partitions)
 //! capacity = concurrency limit / mean attempt s  (tasks/s it runs when saturated)
-//! need     = min(partitions held, (arrival + lag / drain_s) / capacity)
+//! need     = min(cap, (arrival + lag / drain_s) / capacity)
+//! cap      = partitions it holds with lag, at least 1 (never more than it holds)
 //! ```
 //!
 //! `lag` is the records of its partitions after their committed offsets
@@ -14,15 +15,14 @@
 //! `drain_s` is `worker.scheduler.scaling_drain_s`: how fast a backlog should
 //! be cleared. The group needs `ceil(sum(sluice_scaling_needed_workers))`
 //! workers — the query an autoscaler (KEDA's Prometheus scaler, say) should
-//! use. Each worker's share is capped at the partitions it holds, so the sum
-//! never exceeds the group's partitions: a worker beyond that would be
-//! assigned nothing. A worker that has not run anything yet has no capacity
-//! estimate; it counts as one worker while it has work, zero when idle.
-
-use std::time::Duration;
-
-/// How often the signal is recomputed.
-pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
+//! use. Each worker's share is capped at the partitions it holds that have
+//! records waiting, so the sum never exceeds the group's partitions with a
+//! backlog: a partition is consumed by one member, so a worker beyond that
+//! would get no waiting records (counting every partition held would count
+//! the retry topic's and idle lanes' too, and ask for up to five times too
+//! many). A worker with work but no lag at the last reading may still ask for
+//! one. A worker that has not run anything yet has no capacity estimate; it
+//! counts as one worker while it has work, zero when idle.
 
 /// One reading of a worker's counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +41,10 @@ pub(crate) struct Worker {
     pub limit: usize,
     /// Mean attempt time; `None` before the first attempt.
     pub mean_run_s: Option<f64>,
+    /// Partitions it holds (task lanes and retry topic).
     pub partitions: usize,
+    /// Of those, partitions with lag at the last statistics report.
+    pub lagging: usize,
     pub drain_s: f64,
 }
 
@@ -52,7 +55,7 @@ pub(crate) fn needed_workers(prev: Sample, now: Sample, w: Worker) -> f64 {
     let lag_rate = (now.lag - prev.lag) as f64 / dt;
     let arrival = (finished_rate + lag_rate).max(0.0);
     let demand = arrival + now.lag.max(0) as f64 / w.drain_s;
-    let cap = w.partitions as f64;
+    let cap = w.lagging.max(1).min(w.partitions) as f64;
     match w.mean_run_s {
         Some(mean) if mean > 0.0 => {
             let capacity = w.limit as f64 / mean;
@@ -72,6 +75,7 @@ mod tests {
             limit: 10,
             mean_run_s: mean,
             partitions,
+            lagging: partitions,
             drain_s: 60.0,
         }
     }
@@ -106,5 +110,22 @@ mod tests {
         assert_eq!(needed_workers(s(0.0, 0, 0), s(1.0, 5, 0), w(None, 3)), 1.0);
         assert_eq!(needed_workers(s(0.0, 0, 0), s(1.0, 0, 0), w(None, 3)), 0.0);
         assert_eq!(needed_workers(s(0.0, 0, 0), s(1.0, 9, 0), w(None, 0)), 0.0);
+    }
+
+    #[test]
+    fn only_partitions_with_a_backlog_count_toward_the_cap() {
+        // 8 partitions held (4 of the task topic, 4 of the retry topic), the
+        // backlog on 3 of them: no more than 3 workers can take it.
+        let held = |lagging| Worker {
+            lagging,
+            ..w(Some(1.0), 8)
+        };
+        let flood = (s(0.0, 0, 0), s(1.0, 1_000_000, 0));
+        assert_eq!(needed_workers(flood.0, flood.1, held(3)), 3.0);
+        // Work arriving but no lag at the reading: up to one worker.
+        let busy = needed_workers(s(0.0, 0, 0), s(1.0, 0, 50), held(0));
+        assert_eq!(busy, 1.0, "50/s on 10/s of capacity, capped at one");
+        let light = needed_workers(s(0.0, 0, 0), s(10.0, 0, 20), held(0));
+        assert!((light - 0.2).abs() < 1e-9, "{light}");
     }
 }

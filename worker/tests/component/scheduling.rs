@@ -411,3 +411,54 @@ async fn job_sub_tasks_are_routed_to_their_lane_and_pool_and_still_gathered() {
         .filter(|r| r.topic == gpu_topic)
         .all(|r| r.worker == "gpu-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaling_signal_follows_arrivals_and_backlog_capped_at_partitions() {
+    let (_b, mut cfg) = broker(4);
+    // 2 slots × 20 ms tasks: the worker runs about 100 tasks/s.
+    cfg.worker.concurrency = 2;
+    cfg.metrics.statistics_interval_ms = 200;
+    cfg.worker.scheduler.scaling_interval_ms = 1000;
+    cfg.worker.scheduler.scaling_drain_s = 3.0;
+    let ((stop, h), counters) =
+        crate::support::ready_worker_counting(&cfg, "w1", sluice_worker::builtin()).await;
+    assert_eq!(
+        counters.assigned(),
+        8,
+        "4 partitions each of tasks and retries"
+    );
+    let p = Publisher::routed(&cfg).await.unwrap();
+    // Keeping up: 50 tasks/s for 4 s need about half of this worker.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        tick.tick().await;
+        pending.push(
+            p.send(&task("sleep", json!({"ms": 20}), None), None)
+                .await
+                .unwrap(),
+        );
+    }
+    for d in pending {
+        d.await.unwrap();
+    }
+    let steady = counters.needed_workers();
+    // A backlog of 1500 (15 s of work) to clear in 3 s asks for ~5 workers;
+    // it sits in the 4 partitions of the task topic, so 4 is all it can use
+    // (not the 8 the worker holds).
+    let backlog: Vec<Outgoing> = (0..1500)
+        .map(|_| task("sleep", json!({"ms": 20}), None))
+        .collect();
+    publish_routed(&cfg, &backlog).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let behind = counters.needed_workers();
+    stop.cancel();
+    h.await.unwrap();
+    // Not exactly 0.5: attempts take a little over 20 ms, and the few
+    // records not yet committed count as backlog.
+    assert!(
+        (0.3..=1.0).contains(&steady),
+        "50/s on a worker that runs ~100/s: signal {steady}, an autoscaler would ask for one"
+    );
+    assert_eq!(behind, 4.0, "a large backlog in 4 partitions");
+}

@@ -63,6 +63,15 @@ fn spawn(
 
 /// A worker that already holds its partitions, for tests where timing matters.
 pub async fn ready_worker(cfg: &Config, id: &str, registry: Registry) -> Running {
+    ready_worker_counting(cfg, id, registry).await.0
+}
+
+/// [`ready_worker`], with its live counters.
+pub async fn ready_worker_counting(
+    cfg: &Config,
+    id: &str,
+    registry: Registry,
+) -> (Running, std::sync::Arc<sluice_worker::Counters>) {
     let counters = std::sync::Arc::new(sluice_worker::Counters::default());
     let running = spawn(cfg, id, registry, counters.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -70,7 +79,7 @@ pub async fn ready_worker(cfg: &Config, id: &str, registry: Registry) -> Running
         assert!(Instant::now() < deadline, "worker got no partitions");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running
+    (running, counters)
 }
 
 pub async fn publish(cfg: &Config, tasks: &[Outgoing]) {
