@@ -222,9 +222,14 @@ impl Executor {
         let trace = inc.trace.map_or_else(TraceContext::new_root, |t| t.child());
         let done = match outcome {
             Outcome::Requeue(task) => {
-                self.outbox
-                    .requeue(&task, inc.key.as_deref(), &trace, &self.give_up)
-                    .await
+                // Boxed, like every write that waits: a future is as large as
+                // its largest state, and each task's future is moved into its
+                // spawned task (3 KB with these inline, measured; see `Lanes`).
+                Box::pin(
+                    self.outbox
+                        .requeue(&task, inc.key.as_deref(), &trace, &self.give_up),
+                )
+                .await
             }
             Outcome::Finished {
                 result,
@@ -242,10 +247,13 @@ impl Executor {
                             task_id: &result.task_id,
                             kind: &result.kind,
                         };
-                        let parked = self
-                            .outbox
-                            .dead_letter(&inc, &why, &trace, &self.give_up)
-                            .await;
+                        let parked = Box::pin(self.outbox.dead_letter(
+                            &inc,
+                            &why,
+                            &trace,
+                            &self.give_up,
+                        ))
+                        .await;
                         if parked {
                             self.metrics.task_dead_lettered(&labels);
                         }

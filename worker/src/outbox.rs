@@ -73,7 +73,8 @@ impl Outbox {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => None,
                 e => Some(e),
             };
-            self.redo(Redo { pending, error }, give_up).await;
+            // Boxed: the rare way keeps the task's future small.
+            Box::pin(self.redo(Redo { pending, error }, give_up)).await;
         }
     }
 
