@@ -30,10 +30,14 @@ struct PartitionGate {
 /// Assignment epochs and the start rule for every assigned partition.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    gates: Mutex<HashMap<Tp, PartitionGate>>,
+    /// By topic, then partition: every task start looks its gate up by `&str`,
+    /// without building a key (a `(String, i32)` key cost an allocation per task).
+    gates: Mutex<Gates>,
     stopping: CancellationToken,
     pub counters: Arc<Counters>,
 }
+
+type Gates = HashMap<String, HashMap<i32, PartitionGate>>;
 
 impl Admission {
     pub fn new(stopping: CancellationToken, counters: Arc<Counters>) -> Self {
@@ -44,31 +48,36 @@ impl Admission {
         }
     }
 
-    fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<Tp, PartitionGate>> {
+    fn gates(&self) -> std::sync::MutexGuard<'_, Gates> {
         self.gates.lock().expect("admission lock")
     }
 
+    fn count(&self, g: &Gates) {
+        let n = g.values().map(HashMap::len).sum();
+        self.counters
+            .assigned_partitions
+            .store(n, Ordering::Relaxed);
+    }
+
     /// Opens a newly assigned partition under `epoch`.
-    pub fn open(&self, tp: Tp, epoch: u64) {
+    pub fn open(&self, (topic, partition): Tp, epoch: u64) {
         let mut g = self.gates();
-        g.insert(
-            tp,
+        g.entry(topic).or_default().insert(
+            partition,
             PartitionGate {
                 epoch,
                 highest_started: None,
                 closing: false,
             },
         );
-        self.counters
-            .assigned_partitions
-            .store(g.len(), Ordering::Relaxed);
+        self.count(&g);
     }
 
     /// Marks partitions as being revoked: from now on only gap-filling tasks start.
     pub fn close(&self, tps: &[Tp]) {
         let mut g = self.gates();
-        for tp in tps {
-            if let Some(gate) = g.get_mut(tp) {
+        for (topic, partition) in tps {
+            if let Some(gate) = g.get_mut(topic).and_then(|p| p.get_mut(partition)) {
                 gate.closing = true;
             }
         }
@@ -77,18 +86,21 @@ impl Admission {
     /// Forgets revoked partitions; their late tasks will not start.
     pub fn remove(&self, tps: &[Tp]) {
         let mut g = self.gates();
-        for tp in tps {
-            g.remove(tp);
+        for (topic, partition) in tps {
+            if let Some(p) = g.get_mut(topic) {
+                p.remove(partition);
+                if p.is_empty() {
+                    g.remove(topic);
+                }
+            }
         }
-        self.counters
-            .assigned_partitions
-            .store(g.len(), Ordering::Relaxed);
+        self.count(&g);
     }
 
     /// Decides whether the task at `offset` may start now, and records it if so.
     pub fn admit(&self, topic: &str, partition: i32, epoch: u64, offset: i64) -> bool {
         let mut g = self.gates();
-        let Some(gate) = g.get_mut(&(topic.to_string(), partition)) else {
+        let Some(gate) = g.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
             return false;
         };
         if gate.epoch != epoch {
@@ -103,7 +115,10 @@ impl Admission {
 
     /// Currently assigned partitions.
     pub fn assigned(&self) -> Vec<Tp> {
-        self.gates().keys().cloned().collect()
+        self.gates()
+            .iter()
+            .flat_map(|(t, p)| p.keys().map(|p| (t.clone(), *p)))
+            .collect()
     }
 }
 

@@ -557,28 +557,6 @@ pub(crate) fn poll_loop(
                     tp.0.push_str(msg.topic());
                 }
                 tp.1 = msg.partition();
-                let epoch = {
-                    let mut st = ctx.state();
-                    let Some(epoch) = st.tracker.epoch(&tp) else {
-                        // Not ours (a record fetched across a revoke): never handed
-                        // out, so its offset is never passed by a commit.
-                        continue;
-                    };
-                    let skipped = st
-                        .tracker
-                        .get_mut(&tp, epoch)
-                        .expect("epoch just read")
-                        .start(msg.offset());
-                    if let Some(expected) = skipped {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = msg.offset(), "offset gap: records were not handed out");
-                    }
-                    st.handed_out += 1;
-                    ctx.admission
-                        .counters
-                        .buffered_peak
-                        .fetch_max(st.handed_out, Ordering::Relaxed);
-                    epoch
-                };
                 let topic = match topics.iter().find(|t| ***t == *msg.topic()) {
                     Some(t) => t.clone(),
                     None => {
@@ -586,7 +564,28 @@ pub(crate) fn poll_loop(
                         topics[topics.len() - 1].clone()
                     }
                 };
-                *ctx.state().by_topic.entry(topic.clone()).or_default() += 1;
+                let epoch = {
+                    let mut st = ctx.state();
+                    let Some((epoch, progress)) = st.tracker.current_mut(&tp) else {
+                        // Not ours (a record fetched across a revoke): never handed
+                        // out, so its offset is never passed by a commit.
+                        continue;
+                    };
+                    let skipped = progress.start(msg.offset());
+                    if let Some(expected) = skipped {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = msg.offset(), "offset gap: records were not handed out");
+                    }
+                    st.handed_out += 1;
+                    // Counted by topic only for the lanes' own budgets.
+                    if !limits.lane_topics.is_empty() {
+                        *st.by_topic.entry(topic.clone()).or_default() += 1;
+                    }
+                    ctx.admission
+                        .counters
+                        .buffered_peak
+                        .fetch_max(st.handed_out, Ordering::Relaxed);
+                    epoch
+                };
                 let inc = Incoming {
                     topic,
                     partition: msg.partition(),

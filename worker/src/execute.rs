@@ -247,13 +247,9 @@ impl Executor {
                             task_id: &result.task_id,
                             kind: &result.kind,
                         };
-                        let parked = Box::pin(self.outbox.dead_letter(
-                            &inc,
-                            &why,
-                            &trace,
-                            &self.give_up,
-                        ))
-                        .await;
+                        let parked =
+                            Box::pin(self.outbox.dead_letter(&inc, &why, &trace, &self.give_up))
+                                .await;
                         if parked {
                             self.metrics.task_dead_lettered(&labels);
                         }

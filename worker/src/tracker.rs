@@ -96,6 +96,11 @@ impl OffsetTracker {
             .map(|(_, p)| p)
     }
 
+    /// The partition's current epoch and progress, in one lookup.
+    pub fn current_mut(&mut self, tp: &Tp) -> Option<(u64, &mut PartitionProgress)> {
+        self.parts.get_mut(tp).map(|(e, p)| (*e, p))
+    }
+
     /// The partition's progress under any epoch.
     pub fn get(&self, tp: &Tp) -> Option<&PartitionProgress> {
         self.parts.get(tp).map(|(_, p)| p)

@@ -51,7 +51,9 @@ use tokio::sync::oneshot;
 /// One worker's scheduler.
 pub(crate) struct Scheduler {
     core: Mutex<Dispatcher<oneshot::Sender<()>>>,
-    routes: Routes,
+    /// The long lane's topic, when this worker consumes one: named once, not
+    /// for every task (`Routes::lane_of_topic` formats each lane's name).
+    long_topic: Option<String>,
     pool: Option<String>,
     policy: QueuePolicy,
     capacity: Option<Amounts>,
@@ -89,7 +91,10 @@ impl Scheduler {
         );
         let sched = Arc::new(Scheduler {
             core: Mutex::new(Dispatcher::new(limits, s.min_share.as_array())),
-            routes,
+            long_topic: routes
+                .lanes()
+                .contains(&Lane::Long)
+                .then(|| routes.topic(Lane::Long)),
             pool: cfg.pool.clone(),
             policy: s.policy,
             capacity,
@@ -125,7 +130,7 @@ impl Scheduler {
                 ));
             }
         }
-        let lane = if self.routes.lane_of_topic(topic) == Some(Lane::Long) {
+        let lane = if self.long_topic.as_deref() == Some(topic) {
             Lane::Long
         } else {
             Lane::for_priority(task.priority)
