@@ -19,6 +19,7 @@ use rdkafka::producer::Producer;
 use sluice_common::routing::Routes;
 use sluice_common::telemetry::default_worker_id;
 use sluice_common::{exporter, kafka, Config, Health, Metrics};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +126,7 @@ pub async fn run_with(
     let (done_tx, done_rx) = mpsc::channel();
     // Result writes to do again, from the producer's delivery callback.
     let (redo_tx, mut redo_rx) = tokio::sync::mpsc::unbounded_channel();
+    let awaiting_ack = Arc::new(AtomicUsize::new(0));
     let producer = Writer::new(kafka::worker_producer(
         &cfg,
         &worker_id,
@@ -132,6 +134,7 @@ pub async fn run_with(
             metrics: metrics.clone(),
             counters: counters.clone(),
             completions: done_tx.clone(),
+            awaiting_ack: awaiting_ack.clone(),
             redo: redo_tx,
         },
     )?);
@@ -231,6 +234,7 @@ pub async fn run_with(
     let lane_topics: Vec<String> = routes.lanes().iter().map(|l| routes.topic(*l)).collect();
     let limits = PollLimits {
         max_buffered: w.max_buffered_tasks,
+        awaiting_ack,
         shutdown_timeout: Duration::from_millis(w.shutdown_timeout_ms),
         // One lane: the whole buffer is the one topic's (and the retry topic's).
         lane_topics: if lane_topics.len() > 1 {

@@ -23,6 +23,7 @@ use sluice_common::kafka::WriteCheck;
 use sluice_common::metrics::KindMetrics;
 use sluice_common::task::now_ms;
 use sluice_common::{Metrics, TaskResult, TraceContext};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
@@ -67,6 +68,8 @@ pub(crate) struct WriterContext {
     pub metrics: Arc<Metrics>,
     pub counters: Arc<Counters>,
     pub completions: mpsc::Sender<Completion>,
+    /// Results queued and not yet reported on (see `consumer::read_ahead`).
+    pub awaiting_ack: Arc<AtomicUsize>,
     /// Unbounded, but never holds more than the tasks handed out
     /// (`max_buffered_tasks`): one entry per result write in flight.
     pub redo: tokio_mpsc::UnboundedSender<Redo>,
@@ -120,6 +123,9 @@ impl ProducerContext for WriterContext {
                 let _ = tx.send(outcome);
             }
             Delivery::Result(mut pending) => {
+                // Before the completion: the poll thread may overcount what it
+                // holds for a moment, never undercount.
+                self.awaiting_ack.fetch_sub(1, Ordering::Relaxed);
                 let error = match outcome {
                     // An acknowledgement without an offset may hide a lost write.
                     Ok(acked) if pending.check.resend(acked.offset) => None,
@@ -205,11 +211,15 @@ impl Writer {
             .key(key)
             .payload(value)
             .headers(headers);
-        self.producer
-            .send(record)
-            .map_err(|(e, back)| match *back.delivery_opaque {
+        // Counted before it is queued: its report can come before `send` returns.
+        let awaiting = &self.context().awaiting_ack;
+        awaiting.fetch_add(1, Ordering::Relaxed);
+        self.producer.send(record).map_err(|(e, back)| {
+            awaiting.fetch_sub(1, Ordering::Relaxed);
+            match *back.delivery_opaque {
                 Delivery::Result(pending) => (e, pending),
                 Delivery::Waiter(_) => unreachable!("queued as a result"),
-            })
+            }
+        })
     }
 }
