@@ -84,7 +84,12 @@ impl Health {
 
     /// The poll thread just polled.
     pub fn polled(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        self.polled_at(Instant::now());
+    }
+
+    /// The poll thread polled at `now` (a time it read anyway).
+    pub fn polled_at(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.origin).as_millis() as u64 + 1;
         self.last_poll.store(ms, Ordering::Relaxed);
     }
 

@@ -381,7 +381,7 @@ impl Metrics {
         AttemptTimer {
             in_flight: self.in_flight.clone(),
             duration: kind.duration.clone(),
-            started: Instant::now(),
+            started: Some(Instant::now()),
         }
     }
 
@@ -462,13 +462,33 @@ impl Metrics {
 pub struct AttemptTimer {
     in_flight: IntGauge,
     duration: Histogram,
-    started: Instant,
+    /// `None` once [`AttemptTimer::finish`] recorded the attempt.
+    started: Option<Instant>,
+}
+
+impl AttemptTimer {
+    /// The attempt ended: records it and returns how long it ran (one clock
+    /// read for both the metric and the caller).
+    pub fn finish(mut self) -> Duration {
+        let elapsed = self.record();
+        self.started = None;
+        elapsed
+    }
+
+    fn record(&self) -> Duration {
+        let elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.in_flight.dec();
+        self.duration.observe(elapsed.as_secs_f64());
+        elapsed
+    }
 }
 
 impl Drop for AttemptTimer {
+    // An attempt dropped unfinished (its future was cancelled) still counts.
     fn drop(&mut self) {
-        self.in_flight.dec();
-        self.duration.observe(self.started.elapsed().as_secs_f64());
+        if self.started.is_some() {
+            self.record();
+        }
     }
 }
 

@@ -210,6 +210,17 @@ impl WorkerContext {
     /// Applies completions and stores offsets that advanced. `wait` bounds how long
     /// to wait for the first completion.
     fn absorb(&self, consumer: &BaseConsumer<WorkerContext>, wait: Duration) {
+        self.absorb_at(consumer, wait, None);
+    }
+
+    /// [`absorb`](Self::absorb), with the time when the caller read it anyway
+    /// (clock reads are dear on these machines: see `execute`).
+    fn absorb_at(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+        wait: Duration,
+        now: Option<Instant>,
+    ) {
         let mut guard = self.state();
         let st = &mut *guard;
         let first = st.completions.recv_timeout(wait).ok();
@@ -238,10 +249,14 @@ impl WorkerContext {
         }
         // Stored offsets matter only at the next auto-commit (revoke and shutdown
         // commits read the tracker), so storing is batched.
-        if st.unstored.is_empty() || st.last_store.elapsed() < STORE_EVERY {
+        if st.unstored.is_empty() {
             return;
         }
-        st.last_store = Instant::now();
+        let now = now.unwrap_or_else(Instant::now);
+        if now.saturating_duration_since(st.last_store) < STORE_EVERY {
+            return;
+        }
+        st.last_store = now;
         let mut tpl = TopicPartitionList::new();
         for tp in st.unstored.drain(..) {
             let advanced = st
@@ -487,8 +502,10 @@ pub(crate) fn poll_loop(
     let mut tp: Tp = (String::new(), 0);
     let mut topics: Vec<Arc<str>> = Vec::new();
     let mut last_error: Option<(String, Instant)> = None;
+    // When the last poll returned: one clock read per turn of the loop.
+    let mut polled_at = Instant::now();
     while !stop.is_cancelled() {
-        ctx.absorb(&consumer, Duration::ZERO);
+        ctx.absorb_at(&consumer, Duration::ZERO, Some(polled_at));
         let (in_flight, new, rebalanced) = {
             let mut st = ctx.state();
             (
@@ -567,7 +584,8 @@ pub(crate) fn poll_loop(
         }
         let wait = if paused { 5 } else { 50 };
         let polled = consumer.poll(Duration::from_millis(wait));
-        ctx.health.polled();
+        polled_at = Instant::now();
+        ctx.health.polled_at(polled_at);
         match polled {
             Some(Ok(msg)) => {
                 if tp.0 != msg.topic() {
