@@ -121,15 +121,18 @@ pub enum Status {
     DeadLettered,
     /// The deadline passed before the task could run.
     Expired,
+    /// Not run: the task's job had already ended (a fail-fast job failed).
+    Cancelled,
 }
 
 impl Status {
     /// Every status, in display order.
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Succeeded,
         Status::Failed,
         Status::DeadLettered,
         Status::Expired,
+        Status::Cancelled,
     ];
 
     /// The wire name.
@@ -139,6 +142,7 @@ impl Status {
             Status::Failed => "failed",
             Status::DeadLettered => "dead_lettered",
             Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Tasks whose result was delivered, by status (index as in `Status::ALL`).
-    finished: [AtomicU64; 4],
+    finished: [AtomicU64; Status::ALL.len()],
     /// Tasks handed back unrun (partition revoked or worker stopping).
     pub abandoned: AtomicU64,
     /// Failed attempts followed by another attempt.

@@ -11,6 +11,7 @@
 use crate::admission::Admission;
 use crate::consumer::{Completion, Incoming};
 use crate::counters::Counters;
+use crate::ended_jobs::EndedJobs;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::outbox::{DeadLetter, Outbox};
 use crate::retry::RetryPolicy;
@@ -56,6 +57,8 @@ pub(crate) struct Executor {
     pub valve: Valve,
     /// Grants slots: lanes, queue policy, resources, rate limits.
     pub scheduler: Arc<Scheduler>,
+    /// Jobs already decided: their left-over sub-tasks are not run.
+    pub ended_jobs: Arc<EndedJobs>,
 }
 
 /// Facts about a record shared by every result it can produce.
@@ -147,6 +150,21 @@ impl Executor {
                 self.metrics.lane_started(slot.lane(), None);
             }
             let started = started_ms.unwrap_or_default();
+            if let Some(job) = task
+                .job
+                .as_ref()
+                .filter(|j| self.ended_jobs.has_ended(&j.id))
+            {
+                let mut r = self.result(&origin, id, Some(&task), started, Status::Cancelled);
+                r.error = Some(format!(
+                    "not run: job {} had already ended (a fail-fast job failed, or its submission broke off)",
+                    job.id
+                ));
+                return Some(Outcome::Finished {
+                    result: Box::new(r),
+                    dead_letter: None,
+                });
+            }
             if let Some(deadline) = task.deadline_ms.filter(|d| now_ms() > *d) {
                 let late = now_ms() - deadline;
                 let times = (started, now_ms());

@@ -21,6 +21,7 @@
 //! `finished_ms`. Until it has read the jobs topic to its end once, a gatherer
 //! decides nothing, so it does not redo jobs whose results it simply had not read.
 
+use crate::ended_jobs::EndedJobs;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::retry::RetryPolicy;
 use crate::writer::Writer;
@@ -56,6 +57,8 @@ pub(crate) struct Gatherer {
     pub producer: Writer,
     pub worker_id: String,
     pub metrics: Arc<Metrics>,
+    /// Told of every job result on the jobs topic, for the executor.
+    pub ended: Arc<EndedJobs>,
 }
 
 /// A job with results on one of this gatherer's partitions and no job result yet.
@@ -230,6 +233,7 @@ impl Gatherer {
             JobRecord::Result(r) => {
                 // Ours coming back, or another gatherer's (a duplicate owner).
                 finish(st, &r.job_id);
+                self.ended.ended(&r.job_id);
                 vec![]
             }
         }
@@ -335,6 +339,7 @@ impl Gatherer {
         }
         tracing::info!(job.id = %job.job_id, state = %job.state, succeeded = job.succeeded, failed = job.failed, "job gathered");
         finish(st, &job.job_id);
+        self.ended.ended(&job.job_id);
         self.metrics.job_gathered(job.state, st.open.len());
     }
 }

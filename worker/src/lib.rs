@@ -46,6 +46,7 @@
 //! - `outbox`: results, dead letters and retries, each written until durable.
 //! - `writer`: the worker's producer; its delivery callback finishes tasks.
 //! - `gatherer`: the job gatherer — sub-task results to job results (docs/JOBS.md).
+//! - `ended_jobs`: jobs with a job result, whose left-over sub-tasks are cancelled.
 //! - [`retry`]: the retry policy (attempts, backoff with jitter).
 //! - `valve`: the dead-letter safety valve.
 //! - [`worker`]: [`run`], the supervisor.
@@ -54,6 +55,7 @@ mod admission;
 pub mod builtin;
 mod consumer;
 pub mod counters;
+mod ended_jobs;
 mod execute;
 pub mod external;
 pub(crate) mod gatherer;

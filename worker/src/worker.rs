@@ -5,6 +5,7 @@
 use crate::admission::Admission;
 use crate::consumer::{poll_loop, PollLimits, WorkerContext};
 use crate::counters::Counters;
+use crate::ended_jobs::EndedJobs;
 use crate::execute::Executor;
 use crate::external::External;
 use crate::gatherer::Gatherer;
@@ -158,6 +159,7 @@ pub async fn run_with(
         .map_err(sluice_common::Error::client)?;
     tracing::info!(worker.id = %worker_id, group = %w.group, topics = %consumed.join(","), concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
 
+    let ended_jobs = Arc::new(EndedJobs::default());
     let gatherer = cfg.worker.gatherer.then(|| {
         let g = Gatherer {
             cfg: cfg.clone(),
@@ -165,6 +167,7 @@ pub async fn run_with(
             producer: producer.clone(),
             worker_id: worker_id.clone(),
             metrics: metrics.clone(),
+            ended: ended_jobs.clone(),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -203,6 +206,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         valve: Valve::new(w.max_dead_letters_per_minute, shutdown.clone()),
         scheduler,
+        ended_jobs,
     });
     let tasks = TaskTracker::new();
     let lanes = Lanes::new(w.ordering, executor.clone(), tasks.clone());

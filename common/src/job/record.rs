@@ -97,7 +97,7 @@ pub struct SubFailure {
     pub index: u64,
     /// Sub-task id.
     pub task_id: String,
-    /// Its terminal status (`failed`, `dead_lettered` or `expired`).
+    /// Its terminal status (`failed`, `dead_lettered`, `expired` or `cancelled`).
     pub status: crate::Status,
     /// Why.
     pub error: String,

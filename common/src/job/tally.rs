@@ -82,7 +82,8 @@ impl Tally {
         self.subs.len() as u64
     }
 
-    /// Sub-tasks that failed (`failed`, `dead_lettered` or `expired`).
+    /// Sub-tasks that did not succeed (`failed`, `dead_lettered`, `expired`, or
+    /// `cancelled` after the job ended).
     pub fn failed(&self) -> u64 {
         self.failed
     }

@@ -31,7 +31,7 @@ pub(super) struct Families {
 pub struct KindMetrics {
     pub(super) received: IntCounter,
     /// Indexed as [`Status::ALL`].
-    pub(super) finished: [IntCounter; 4],
+    pub(super) finished: [IntCounter; Status::ALL.len()],
     pub(super) duration: Histogram,
     pub(super) retries: IntCounter,
     pub(super) dead_letters: IntCounter,

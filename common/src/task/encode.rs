@@ -123,7 +123,7 @@ mod tests {
 
     prop_compose! {
         fn result()(
-            task_id in text(), kind in text(), status in 0usize..4, output in output(),
+            task_id in text(), kind in text(), status in 0usize..Status::ALL.len(), output in output(),
             error in proptest::option::of(text()), attempts in any::<u32>(), worker in text(),
             topic in text(), partition in any::<i32>(), offset in any::<i64>(),
             created_ms in proptest::option::of(any::<u64>()), started_ms in any::<u64>(),

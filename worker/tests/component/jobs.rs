@@ -1,0 +1,109 @@
+//! Jobs seen from the worker: what happens to sub-tasks once their job has ended.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use sluice_common::job::{FailurePolicy, GatherSpec};
+use sluice_common::{Status, TaskResult};
+use sluice_producer::job::{JobSpec, JobWatch, Split, Submitter};
+use sluice_worker::{handler_fn, HandlerError, TaskContext};
+use std::time::{Duration, Instant};
+
+/// A fail-fast job whose first sub-task fails while the rest queue behind one
+/// slot: once the job result is out, the left-over sub-tasks are not run but
+/// end `cancelled`, each with a result, so nothing is dropped and the worker
+/// stops spending time on outputs nobody gathers. Without cancellation every
+/// one of the 199 would run (30 ms each, about 6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
+    // One partition and one slot: the sub-tasks run in index order, the failing
+    // one first.
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.concurrency = 1;
+    let mut registry = sluice_worker::builtin();
+    registry.register(
+        "first_fails",
+        handler_fn(|ctx: TaskContext| async move {
+            if ctx.payload == json!(1) {
+                return Err(HandlerError::permanent("the first one fails"));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok::<Value, HandlerError>(ctx.payload)
+        }),
+    );
+    let (stop, h) = ready_worker(&cfg, "w", registry).await;
+    // The gatherer joins its own group after the worker holds its partitions;
+    // a first job proves it reads results before the one under test starts.
+    submit_and_wait(&cfg, "range:2..3", FailurePolicy::default()).await;
+
+    let (job, id) = submit_and_wait(
+        &cfg,
+        "range:1..200",
+        FailurePolicy {
+            tolerate: 0,
+            fail_fast: true,
+        },
+    )
+    .await;
+    // Every sub-task still ends in exactly one result.
+    let all = results(&cfg, 202, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+
+    assert_eq!(job.state, "failed", "{job:?}");
+    let subs: Vec<&TaskResult> = all
+        .iter()
+        .filter(|r| r.job.as_ref().is_some_and(|j| j.id == id))
+        .collect();
+    let count = |s: Status| subs.iter().filter(|r| r.status == s).count();
+    let (ran, cancelled) = (count(Status::Succeeded), count(Status::Cancelled));
+    // A permanent failure is dead-lettered (the dead-letter topic is on by default).
+    eprintln!("left-over sub-tasks: {ran} ran, {cancelled} cancelled");
+    assert_eq!(count(Status::DeadLettered), 1, "the first sub-task");
+    assert_eq!(ran + cancelled + 1, 200, "one result per sub-task");
+    assert!(
+        cancelled >= 100,
+        "only {cancelled} of 199 left-over sub-tasks were cancelled; {ran} ran"
+    );
+    let why = subs
+        .iter()
+        .find(|r| r.status == Status::Cancelled)
+        .and_then(|r| r.error.as_deref())
+        .unwrap_or_default();
+    assert!(why.contains(&id) && why.contains("ended"), "{why}");
+}
+
+/// Submits a job of `first_fails` over `split` and waits for its job result.
+async fn submit_and_wait(
+    cfg: &sluice_common::Config,
+    split: &str,
+    failure: FailurePolicy,
+) -> (sluice_producer::job::JobStatus, String) {
+    let split: Split = split.parse().unwrap();
+    let spec = JobSpec {
+        id: None,
+        kind: "first_fails".into(),
+        split: split.clone(),
+        gather: GatherSpec::Sum,
+        failure,
+        sub_tasks: Default::default(),
+    };
+    let submitter = Submitter::connect(cfg).await.unwrap();
+    let payloads = split.payloads().unwrap();
+    let manifest = submitter.manifest(&spec, payloads.len() as u64).unwrap();
+    let id = manifest.job_id.clone();
+    let mut watch = JobWatch::open(cfg, Some(id.clone()), sluice_producer::Start::End)
+        .await
+        .unwrap();
+    submitter
+        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "job {id} never ended");
+        watch.poll(Duration::from_millis(100)).await;
+        if let Some(s) = watch.book().status(&id).filter(|s| s.finished()) {
+            return (s, id);
+        }
+    }
+}
