@@ -155,7 +155,8 @@ impl Executor {
                 .as_ref()
                 .filter(|j| self.ended_jobs.has_ended(&j.id))
             {
-                let mut r = self.result(&origin, id, Some(&task), started, Status::Cancelled);
+                let times = (started, attempt_ms);
+                let mut r = self.result(&origin, id, Some(&task), times, Status::Cancelled);
                 r.error = Some(format!(
                     "not run: job {} had already ended (a fail-fast job failed, or its submission broke off)",
                     job.id
