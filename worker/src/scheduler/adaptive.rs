@@ -2,9 +2,13 @@
 //!
 //! Attempts are observed in windows of `window` attempts. A window is
 //! *congested* when more than `max_error_rate` of its attempts failed, or when
-//! its mean run time exceeds `latency_tolerance` times the best window mean seen
-//! (more concurrency than the handlers' downstream can take shows up as slower
-//! attempts before it shows up as errors). A congested window multiplies the
+//! the mean run time of its successful attempts exceeds `latency_tolerance`
+//! times the best such mean seen (more concurrency than the handlers'
+//! downstream can take shows up as slower attempts before it shows up as
+//! errors). Only successes count toward latency: an overloaded downstream
+//! often fails fast, and a window of instant rejections taken as the best
+//! latency would make every healthy window look congested afterwards (the
+//! scheduling benchmark showed it: the limit stayed at its minimum). A congested window multiplies the
 //! limit by `backoff_ratio`; a healthy window in which the limit was reached
 //! adds one. The limit stays within `[min_concurrency, max_concurrency]`.
 //!
@@ -27,7 +31,8 @@ pub(crate) struct Aimd {
     limit: usize,
     seen: usize,
     failed: usize,
-    total_ms: f64,
+    /// Run time of the window's successful attempts.
+    ok_ms: f64,
     saturated: bool,
     best_mean_ms: Option<f64>,
 }
@@ -46,7 +51,7 @@ impl Aimd {
             limit: start.clamp(cfg.min_concurrency, max),
             seen: 0,
             failed: 0,
-            total_ms: 0.0,
+            ok_ms: 0.0,
             saturated: false,
             best_mean_ms: None,
         }
@@ -63,24 +68,30 @@ impl Aimd {
     pub fn observe(&mut self, elapsed: Duration, ok: bool, saturated: bool) -> Option<usize> {
         self.seen += 1;
         self.failed += usize::from(!ok);
-        self.total_ms += elapsed.as_secs_f64() * 1000.0;
+        if ok {
+            self.ok_ms += elapsed.as_secs_f64() * 1000.0;
+        }
         self.saturated |= saturated;
         if self.seen < self.window {
             return None;
         }
-        let mean = self.total_ms / self.seen as f64;
         let error_rate = self.failed as f64 / self.seen as f64;
-        let best = self.best_mean_ms.map_or(mean, |b| b.min(mean));
-        let congested = error_rate > self.max_error_rate || mean > best * self.tolerance;
-        if congested {
+        let succeeded = self.seen - self.failed;
+        let mut slow = false;
+        if succeeded > 0 {
+            let mean = self.ok_ms / succeeded as f64;
+            let best = self.best_mean_ms.map_or(mean, |b| b.min(mean));
+            slow = mean > best * self.tolerance;
+            self.best_mean_ms = Some(best * 1.01);
+        }
+        if error_rate > self.max_error_rate || slow {
             self.limit = ((self.limit as f64 * self.backoff).floor() as usize).max(self.min);
         } else if self.saturated {
             self.limit = (self.limit + 1).min(self.max);
         }
-        self.best_mean_ms = Some(best * 1.01);
         self.seen = 0;
         self.failed = 0;
-        self.total_ms = 0.0;
+        self.ok_ms = 0.0;
         self.saturated = false;
         Some(self.limit)
     }
@@ -138,5 +149,18 @@ mod tests {
             window(&mut a, 10, 10, true);
         }
         assert_eq!(a.limit(), 2);
+    }
+
+    #[test]
+    fn fast_failures_do_not_set_the_latency_to_beat() {
+        let mut a = Aimd::new(&cfg(), 16);
+        // An overloaded downstream rejecting at once: 1 ms failures.
+        assert_eq!(window(&mut a, 1, 10, true), 12, "shrinks on errors");
+        // Then healthy 10 ms windows grow the limit again: the failures'
+        // 1 ms was never the latency to compare with.
+        assert_eq!(window(&mut a, 10, 0, true), 13);
+        assert_eq!(window(&mut a, 10, 0, true), 14);
+        // A window that is slow in its successes is still congested.
+        assert_eq!(window(&mut a, 30, 0, true), 10);
     }
 }
