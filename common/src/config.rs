@@ -971,9 +971,23 @@ mod tests {
                     "shortest_expected_first",
                 ),
                 ("SLUICE_WORKER__KINDS__THUMB__RATE_PER_S", "2.5"),
+                // The rest of the README's examples.
+                ("SLUICE_TOPICS__LONG_LANE", "true"),
+                ("SLUICE_PRODUCER__LONG_TASK_MS", "10000"),
+                ("SLUICE_PRODUCER__PARTITIONER", "lag_aware"),
+                ("SLUICE_WORKER__POOL", "gpu"),
+                ("SLUICE_WORKER__GATHERER", "false"),
+                ("SLUICE_WORKER__SCHEDULER__ADAPTIVE__ENABLED", "true"),
+                ("SLUICE_WORKER__SCHEDULER__ADAPTIVE__MAX_CONCURRENCY", "64"),
             ]),
         )
         .unwrap();
+        assert!(cfg.topics.long_lane && !cfg.worker.gatherer);
+        assert_eq!(cfg.producer.long_task_ms, 10_000);
+        assert_eq!(cfg.producer.partitioner, PartitionerKind::LagAware);
+        assert_eq!(cfg.worker.pool.as_deref(), Some("gpu"));
+        assert!(cfg.worker.scheduler.adaptive.enabled);
+        assert_eq!(cfg.worker.scheduler.adaptive.max_concurrency, Some(64));
         assert!(cfg.topics.priority_lanes);
         assert_eq!(cfg.worker.scheduler.capacity["cpu"], 8.0);
         assert_eq!(
