@@ -360,3 +360,50 @@ fn word_count_over_a_file_split_by_lines() {
     assert_eq!(s["output"], json!([1, 4, 9, 16, 25]));
     assert_eq!(job_status(&env, &id), s);
 }
+
+#[test]
+fn job_submit_routes_sub_tasks_to_their_priority_lane() {
+    let broker = crate::harness::Broker::start();
+    let env = Env::new(&broker, "job-lanes");
+    let lanes = ("SLUICE_TOPICS__PRIORITY_LANES", "true");
+    let _w = env.spawn_with(
+        &["worker", "--id", "l1"],
+        &[lanes, ("SLUICE_METRICS__ENABLED", "false")],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let out = env
+        .cmd(&[
+            "job",
+            "submit",
+            "-k",
+            "square",
+            "-s",
+            "range:1..4",
+            "--priority",
+            "3",
+            "--wait",
+            "--json",
+            "--timeout-ms",
+            "60000",
+        ])
+        .env(lanes.0, lanes.1)
+        .output()
+        .expect("run job submit");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let high = format!("{}.high", env.tasks);
+    assert!(
+        stderr(&out).contains(&format!("published to {high} ")),
+        "{}",
+        stderr(&out)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("the final status");
+    assert_eq!(status["output"], json!([1, 4, 9, 16]));
+    let read = env.run(&["results", "--wait", "4", "--format", "json"]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    let results = parse_lines(&read.stdout);
+    assert_eq!(results.len(), 4);
+    assert!(
+        results.iter().all(|r| r["topic"] == high.as_str()),
+        "{results:?}"
+    );
+}
