@@ -71,7 +71,7 @@ impl SchedulerMetrics {
             ),
             needed_workers: b.float_gauge(
                 "sluice_scaling_needed_workers",
-                "This worker's share of the workers its group needs for backlog and arrivals, capped at its partitions; ceil(sum()) over the group is the scaling signal (docs/SCHEDULING.md).",
+                "This worker's share of the workers its group needs for backlog and arrivals, capped at its partitions with lag; ceil(sum()) over the group is the scaling signal (docs/SCHEDULING.md).",
             ),
         }
     }
