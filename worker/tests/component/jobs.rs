@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 /// slot: once the job result is out, the left-over sub-tasks are not run but
 /// end `cancelled`, each with a result, so nothing is dropped and the worker
 /// stops spending time on outputs nobody gathers. Without cancellation every
-/// one of the 199 would run (30 ms each, about 6 s).
+/// one of the 99 would run (100 ms each, about 10 s); the assertion allows the
+/// job result 5 s to arrive, for a machine busy with other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
     // One partition and one slot: the sub-tasks run in index order, the failing
@@ -26,7 +27,7 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
             if ctx.payload == json!(1) {
                 return Err(HandlerError::permanent("the first one fails"));
             }
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             Ok::<Value, HandlerError>(ctx.payload)
         }),
     );
@@ -37,7 +38,7 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
 
     let (job, id) = submit_and_wait(
         &cfg,
-        "range:1..200",
+        "range:1..100",
         FailurePolicy {
             tolerate: 0,
             fail_fast: true,
@@ -45,7 +46,7 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
     )
     .await;
     // Every sub-task still ends in exactly one result.
-    let all = results(&cfg, 202, Duration::from_secs(60)).await;
+    let all = results(&cfg, 102, Duration::from_secs(60)).await;
     stop.cancel();
     h.await.unwrap();
 
@@ -57,12 +58,22 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
     let count = |s: Status| subs.iter().filter(|r| r.status == s).count();
     let (ran, cancelled) = (count(Status::Succeeded), count(Status::Cancelled));
     // A permanent failure is dead-lettered (the dead-letter topic is on by default).
-    eprintln!("left-over sub-tasks: {ran} ran, {cancelled} cancelled");
     assert_eq!(count(Status::DeadLettered), 1, "the first sub-task");
-    assert_eq!(ran + cancelled + 1, 200, "one result per sub-task");
+    assert_eq!(ran + cancelled + 1, 100, "one result per sub-task");
+    let failed_at = subs
+        .iter()
+        .find(|r| r.status == Status::DeadLettered)
+        .map(|r| r.finished_ms)
+        .unwrap_or_default();
+    let decided_after = job
+        .finished_ms
+        .unwrap_or_default()
+        .saturating_sub(failed_at);
+    eprintln!("left-over sub-tasks: {ran} ran, {cancelled} cancelled; job result {decided_after} ms after the failure");
     assert!(
-        cancelled >= 100,
-        "only {cancelled} of 199 left-over sub-tasks were cancelled; {ran} ran"
+        cancelled >= 50,
+        "only {cancelled} of 99 left-over sub-tasks were cancelled; {ran} ran; the job \
+         result came {decided_after} ms after the failure"
     );
     let why = subs
         .iter()
