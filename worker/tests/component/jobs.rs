@@ -4,9 +4,9 @@ use crate::support::*;
 use serde_json::{json, Value};
 use sluice_common::job::{FailurePolicy, GatherSpec};
 use sluice_common::{Status, TaskResult};
-use sluice_producer::job::{JobSpec, JobWatch, Split, Submitter};
+use sluice_producer::job::JobSpec;
 use sluice_worker::{handler_fn, HandlerError, TaskContext};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A fail-fast job whose first sub-task fails while the rest queue behind one
 /// slot: once the job result is out, the left-over sub-tasks are not run but
@@ -83,38 +83,20 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
     assert!(why.contains(&id) && why.contains("ended"), "{why}");
 }
 
-/// Submits a job of `first_fails` over `split` and waits for its job result.
+/// Runs a job of `first_fails` over `split`, gathered by `sum`: its status and id.
 async fn submit_and_wait(
     cfg: &sluice_common::Config,
     split: &str,
     failure: FailurePolicy,
 ) -> (sluice_producer::job::JobStatus, String) {
-    let split: Split = split.parse().unwrap();
     let spec = JobSpec {
         id: None,
         kind: "first_fails".into(),
-        split: split.clone(),
+        split: split.parse().unwrap(),
         gather: GatherSpec::Sum,
         failure,
         sub_tasks: Default::default(),
     };
-    let submitter = Submitter::connect(cfg).await.unwrap();
-    let payloads = split.payloads().unwrap();
-    let manifest = submitter.manifest(&spec, payloads.len() as u64).unwrap();
-    let id = manifest.job_id.clone();
-    let mut watch = JobWatch::open(cfg, Some(id.clone()), sluice_producer::Start::End)
-        .await
-        .unwrap();
-    submitter
-        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "job {id} never ended");
-        watch.poll(Duration::from_millis(100)).await;
-        if let Some(s) = watch.book().status(&id).filter(|s| s.finished()) {
-            return (s, id);
-        }
-    }
+    let (status, manifest) = run_job(cfg, &spec).await;
+    (status, manifest.job_id)
 }

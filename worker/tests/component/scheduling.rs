@@ -321,41 +321,22 @@ async fn lag_aware_publishing_avoids_the_partition_that_falls_behind() {
     assert!(on[1] >= 14, "keyless tasks per partition: {on:?}");
 }
 
-/// Submits a job of `square` over `split` and waits for its job result.
-async fn run_job(
+/// Runs a job of `square` over `split`: its status and the topic of its sub-tasks.
+async fn run_square_job(
     cfg: &Config,
     split: &str,
     sub_tasks: sluice_producer::job::SubTasks,
 ) -> (sluice_producer::job::JobStatus, String) {
-    use sluice_producer::job::{JobSpec, JobWatch, Split, Submitter};
-    let split: Split = split.parse().unwrap();
-    let spec = JobSpec {
+    let spec = sluice_producer::job::JobSpec {
         id: None,
         kind: "square".into(),
-        split: split.clone(),
+        split: split.parse().unwrap(),
         gather: sluice_common::job::GatherSpec::Collect,
         failure: Default::default(),
         sub_tasks,
     };
-    let submitter = Submitter::connect(cfg).await.unwrap();
-    let payloads = split.payloads().unwrap();
-    let manifest = submitter.manifest(&spec, payloads.len() as u64).unwrap();
-    let id = manifest.job_id.clone();
-    let mut watch = JobWatch::open(cfg, Some(id.clone()), sluice_producer::Start::End)
-        .await
-        .unwrap();
-    submitter
-        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "job {id} never ended");
-        watch.poll(Duration::from_millis(100)).await;
-        if let Some(s) = watch.book().status(&id).filter(|s| s.finished()) {
-            return (s, manifest.task_topic);
-        }
-    }
+    let (status, manifest) = crate::support::run_job(cfg, &spec).await;
+    (status, manifest.task_topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,12 +355,12 @@ async fn job_sub_tasks_are_routed_to_their_lane_and_pool_and_still_gathered() {
         priority: Some(5),
         ..Default::default()
     };
-    let (high, high_topic) = run_job(&cfg, "range:1..6", urgent).await;
+    let (high, high_topic) = run_square_job(&cfg, "range:1..6", urgent).await;
     let on_gpu = sluice_producer::job::SubTasks {
         resources: Some(json!({"class": "gpu", "gpu": 1})),
         ..Default::default()
     };
-    let (gpu, gpu_topic) = run_job(&cfg, "range:1..4", on_gpu).await;
+    let (gpu, gpu_topic) = run_square_job(&cfg, "range:1..4", on_gpu).await;
     let all = results(&cfg, 10, Duration::from_secs(60)).await;
     stop_a.cancel();
     stop_b.cancel();

@@ -147,3 +147,34 @@ pub async fn publish_raw(cfg: &Config, values: &[Vec<u8>]) {
     }
     raw.flush(Duration::from_secs(5)).unwrap();
 }
+
+/// Submits `spec` (its payloads from its split) and waits for the job result:
+/// the job's final status and its manifest.
+pub async fn run_job(
+    cfg: &Config,
+    spec: &sluice_producer::job::JobSpec,
+) -> (
+    sluice_producer::job::JobStatus,
+    sluice_common::job::Manifest,
+) {
+    use sluice_producer::job::{JobWatch, Submitter};
+    let submitter = Submitter::connect(cfg).await.unwrap();
+    let payloads = spec.split.payloads().unwrap();
+    let manifest = submitter.manifest(spec, payloads.len() as u64).unwrap();
+    let id = manifest.job_id.clone();
+    let mut watch = JobWatch::open(cfg, Some(id.clone()), Start::End)
+        .await
+        .unwrap();
+    submitter
+        .submit(&manifest, &spec.sub_tasks, payloads, None, |_| {})
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "job {id} never ended");
+        watch.poll(Duration::from_millis(100)).await;
+        if let Some(s) = watch.book().status(&id).filter(|s| s.finished()) {
+            return (s, manifest);
+        }
+    }
+}

@@ -26,10 +26,12 @@ pub fn sleep_task(ms: u64, f: impl FnOnce(&mut Task)) -> Outgoing {
     Outgoing::new(t, None)
 }
 
-pub type Running = (
-    CancellationToken,
-    tokio::task::JoinHandle<Result<sluice_worker::Summary, sluice_worker::WorkerError>>,
-);
+/// A worker task in this process.
+pub type WorkerTask =
+    tokio::task::JoinHandle<Result<sluice_worker::Summary, sluice_worker::WorkerError>>;
+
+/// A worker task and the token that stops it.
+pub type Running = (CancellationToken, WorkerTask);
 
 /// A worker that holds its partitions.
 pub async fn start_worker(cfg: &Config, registry: Registry) -> anyhow::Result<Running> {
@@ -42,6 +44,18 @@ pub async fn start_counted(
     registry: Registry,
 ) -> anyhow::Result<(Running, Arc<Counters>)> {
     let stop = CancellationToken::new();
+    let (h, counters) = spawn_worker(cfg, registry, &stop);
+    all_assigned(std::slice::from_ref(&counters)).await?;
+    Ok(((stop, h), counters))
+}
+
+/// A worker in this process that stops with `stop`, and its live counters; it
+/// may not hold partitions yet (see [`all_assigned`]).
+pub fn spawn_worker(
+    cfg: &Config,
+    registry: Registry,
+    stop: &CancellationToken,
+) -> (WorkerTask, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
     let h = tokio::spawn(sluice_worker::run_with(
         cfg.clone(),
@@ -49,12 +63,17 @@ pub async fn start_counted(
         stop.clone(),
         counters.clone(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counters.assigned() == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the worker got no partitions");
+    (h, counters)
+}
+
+/// Waits until every one of these workers holds partitions.
+pub async fn all_assigned(counters: &[Arc<Counters>]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.iter().any(|c| c.assigned() == 0) {
+        anyhow::ensure!(Instant::now() < deadline, "a worker got no partitions");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(((stop, h), counters))
+    Ok(())
 }
 
 pub async fn publish(p: &Publisher, tasks: &[Outgoing]) -> anyhow::Result<()> {

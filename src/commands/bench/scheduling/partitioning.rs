@@ -1,14 +1,12 @@
 //! Round-robin vs lag-aware partitioning with one slow worker.
 
-use super::harness::{collect, paced, pct};
+use super::harness::{all_assigned, collect, paced, pct, spawn_worker};
 use serde::Serialize;
 use serde_json::json;
 use sluice_common::config::PartitionerKind;
 use sluice_common::{Config, Task};
 use sluice_producer::{Outgoing, Publisher};
-use sluice_worker::Counters;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// One run of the partitioner comparison.
@@ -47,20 +45,11 @@ pub async fn run(base: &Config, run: &str) -> anyhow::Result<Vec<PartitionRun>> 
                     Ok::<_, sluice_worker::HandlerError>(json!(null))
                 }),
             );
-            let live = Arc::new(Counters::default());
-            counters.push(live.clone());
-            workers.push(tokio::spawn(sluice_worker::run_with(
-                c,
-                registry,
-                stop.clone(),
-                live,
-            )));
+            let (h, live) = spawn_worker(&c, registry, &stop);
+            workers.push(h);
+            counters.push(live);
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while counters.iter().any(|c| c.assigned() == 0) {
-            anyhow::ensure!(Instant::now() < deadline, "a worker got no partitions");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        all_assigned(&counters).await?;
         let publisher = Publisher::routed(&cfg).await?;
         let tasks: Vec<Outgoing> = (0..1500)
             .map(|_| Outgoing::new(Task::new("work", json!(null)), None))

@@ -8,15 +8,12 @@
 //! rate is (starts − 25) / (last start − first start); the busiest sliding
 //! second may hold up to 50 (the full bucket plus a second's refill).
 
-use super::harness::{collect, publish, scenario};
+use super::harness::{all_assigned, collect, publish, scenario, spawn_worker};
 use serde::Serialize;
 use serde_json::json;
 use sluice_common::config::KindConfig;
 use sluice_common::{Config, Task};
 use sluice_producer::{Outgoing, Publisher};
-use sluice_worker::Counters;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const RATE: f64 = 25.0;
@@ -57,20 +54,11 @@ pub async fn run(base: &Config, run: &str) -> anyhow::Result<Vec<RateRun>> {
         for id in ["rate-a", "rate-b"] {
             let mut c = cfg.clone();
             c.worker.id = Some(id.into());
-            let live = Arc::new(Counters::default());
-            counters.push(live.clone());
-            workers.push(tokio::spawn(sluice_worker::run_with(
-                c,
-                sluice_worker::builtin(),
-                stop.clone(),
-                live,
-            )));
+            let (h, live) = spawn_worker(&c, sluice_worker::builtin(), &stop);
+            workers.push(h);
+            counters.push(live);
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while counters.iter().any(|c| c.assigned() == 0) {
-            anyhow::ensure!(Instant::now() < deadline, "a worker got no partitions");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        all_assigned(&counters).await?;
         let publisher = Publisher::routed(&cfg).await?;
         let tasks: Vec<Outgoing> = (0..400)
             .map(|_| Outgoing::new(Task::new("noop", json!(null)), None))
