@@ -13,12 +13,12 @@
 //! that succeeded per second of the run (first
 //! start to last finish); p99 is the attempt time of the successes.
 
-use super::harness::{collect, pct, publish, scenario};
+use super::harness::{pct, run_burst, scenario};
 use serde::Serialize;
 use serde_json::json;
 use sluice_common::config::AdaptiveConfig;
 use sluice_common::{Config, Status, Task};
-use sluice_producer::{Outgoing, Publisher};
+use sluice_producer::Outgoing;
 use sluice_worker::{handler_fn, HandlerError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,15 +80,10 @@ pub async fn run(base: &Config, run: &str) -> anyhow::Result<Vec<AdaptiveRun>> {
             window: 10,
             ..Default::default()
         };
-        let (stop, worker) = super::harness::start_worker(&cfg, downstream()).await?;
-        let publisher = Publisher::routed(&cfg).await?;
         let tasks: Vec<Outgoing> = (0..600)
             .map(|_| Outgoing::new(Task::new("downstream", json!(null)), None))
             .collect();
-        publish(&publisher, &tasks).await?;
-        let results = collect(&cfg, tasks.len()).await?;
-        stop.cancel();
-        worker.await??;
+        let results = run_burst(&cfg, downstream(), &tasks).await?;
         let ok: Vec<_> = results
             .values()
             .filter(|r| r.status == Status::Succeeded)

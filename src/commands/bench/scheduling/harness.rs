@@ -76,6 +76,21 @@ pub async fn all_assigned(counters: &[Arc<Counters>]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One worker runs `tasks`, all published at once: the result of each, by task id.
+pub async fn run_burst(
+    cfg: &Config,
+    registry: Registry,
+    tasks: &[Outgoing],
+) -> anyhow::Result<HashMap<String, TaskResult>> {
+    let (stop, worker) = start_worker(cfg, registry).await?;
+    let publisher = Publisher::routed(cfg).await?;
+    publish(&publisher, tasks).await?;
+    let results = collect(cfg, tasks.len()).await?;
+    stop.cancel();
+    worker.await??;
+    Ok(results)
+}
+
 pub async fn publish(p: &Publisher, tasks: &[Outgoing]) -> anyhow::Result<()> {
     let mut pending = Vec::with_capacity(tasks.len());
     for t in tasks {

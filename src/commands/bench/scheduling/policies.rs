@@ -1,7 +1,7 @@
 //! Queue policies: FIFO vs shortest-expected-first vs FIFO with the
 //! long-task lane, and FIFO vs earliest-deadline-first.
 
-use super::harness::{collect, pct, publish, scenario, sleep_task, start_worker};
+use super::harness::{collect, pct, publish, run_burst, scenario, sleep_task, start_worker};
 use serde::Serialize;
 use sluice_common::config::QueuePolicy;
 use sluice_common::Config;
@@ -52,13 +52,8 @@ pub async fn policies(base: &Config, run: &str) -> anyhow::Result<Vec<PolicyRun>
                 (long, sleep_task(ms, |t| t.expected_ms = Some(ms)))
             })
             .collect();
-        let (stop, worker) = start_worker(&cfg, sluice_worker::builtin()).await?;
-        let publisher = Publisher::routed(&cfg).await?;
         let outs: Vec<Outgoing> = tasks.iter().map(|(_, o)| o.clone()).collect();
-        publish(&publisher, &outs).await?;
-        let results = collect(&cfg, outs.len()).await?;
-        stop.cancel();
-        worker.await??;
+        let results = run_burst(&cfg, sluice_worker::builtin(), &outs).await?;
         let completion = |o: &Outgoing| {
             let r = &results[o.id()];
             r.finished_ms

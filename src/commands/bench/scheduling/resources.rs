@@ -9,11 +9,11 @@
 //! running at once, the share of the run spent above the capacity, the mean
 //! declared cpu in use within the capacity (utilisation), and the run's length.
 
-use super::harness::{collect, publish, scenario, sleep_task, start_worker};
+use super::harness::{run_burst, scenario, sleep_task};
 use serde::Serialize;
 use serde_json::json;
 use sluice_common::Config;
-use sluice_producer::{Outgoing, Publisher};
+use sluice_producer::Outgoing;
 
 const CAPACITY: f64 = 8.0;
 
@@ -50,13 +50,8 @@ pub async fn run(base: &Config, run: &str) -> anyhow::Result<Vec<ResourceRun>> {
                 (cpu, t)
             })
             .collect();
-        let (stop, worker) = start_worker(&cfg, sluice_worker::builtin()).await?;
-        let publisher = Publisher::routed(&cfg).await?;
         let outs: Vec<Outgoing> = tasks.iter().map(|(_, o)| o.clone()).collect();
-        publish(&publisher, &outs).await?;
-        let results = collect(&cfg, outs.len()).await?;
-        stop.cancel();
-        worker.await??;
+        let results = run_burst(&cfg, sluice_worker::builtin(), &outs).await?;
         let spans: Vec<(u64, u64, f64)> = tasks
             .iter()
             .map(|(cpu, o)| {
