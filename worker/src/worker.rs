@@ -141,6 +141,11 @@ pub async fn run_with(
     )?);
     // The caller's token, or the safety valve, stops the worker.
     let shutdown = shutdown.child_token();
+    // So does dropping this future (its task aborted, or its runtime shutting
+    // down, say after a test panicked): the poll thread is a blocking-pool
+    // thread that only the token ends, and a runtime waits for those when it
+    // shuts down, so without this the process would hang.
+    let _stop_when_dropped = shutdown.clone().drop_guard();
 
     let admission = Arc::new(Admission::new(shutdown.clone(), counters.clone()));
     let context = WorkerContext::new(

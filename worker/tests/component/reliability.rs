@@ -362,3 +362,44 @@ async fn wait_for(cond: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A runtime shut down while a worker runs on it (a test that panicked, an
+/// application that exits without cancelling) drops the worker's future; the
+/// poll thread is a blocking-pool thread the runtime waits for, so the worker
+/// must stop it then too, or the process hangs for good.
+#[test]
+fn a_runtime_dropped_under_a_running_worker_shuts_down() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (broker, mut cfg) = broker(2);
+    cfg.worker.shutdown_timeout_ms = 2_000;
+    let counters = std::sync::Arc::new(sluice_worker::Counters::default());
+    let live = counters.clone();
+    rt.spawn(async move {
+        // Never cancelled: only the runtime's shutdown ends it.
+        let never = tokio_util::sync::CancellationToken::new();
+        let _ = sluice_worker::run_with(cfg, sluice_worker::builtin(), never, live).await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counters.assigned() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker got no partitions"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = done_tx.send(());
+    });
+    let ended = done_rx.recv_timeout(Duration::from_secs(20));
+    drop(broker);
+    assert!(
+        ended.is_ok(),
+        "the runtime was still waiting for the worker's poll thread after 20 s"
+    );
+}
