@@ -226,6 +226,45 @@ async fn shortest_expected_first_starts_with_estimates_read_from_the_results_top
     assert!(last_quick < first_slow, "start order {order:?}");
 }
 
+/// Earliest-deadline-first on a broker: a burst published latest-deadline first
+/// starts in deadline order behind one slot (FIFO would start it as published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earliest_deadline_first_starts_a_burst_in_deadline_order() {
+    let (_b, mut cfg) = broker(1);
+    cfg.worker.concurrency = 1;
+    cfg.worker.scheduler.policy = QueuePolicy::EarliestDeadlineFirst;
+    let (stop, h) = ready_worker(&cfg, "w", sluice_worker::builtin()).await;
+    let now = sluice_common::task::now_ms();
+    let burst: Vec<Outgoing> = (0..8u64)
+        .map(|i| {
+            let mut t = sluice_common::Task::new("sleep", json!({"ms": 50}));
+            // Far enough ahead that none expires; each later one is due sooner.
+            t.deadline_ms = Some(now + 60_000 - i * 1_000);
+            Outgoing::new(t, None)
+        })
+        .collect();
+    publish_routed(&cfg, &burst).await;
+    let all = results(&cfg, 8, Duration::from_secs(60)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ids = by_id(&all);
+    let mut ran: Vec<(u64, u64)> = burst
+        .iter()
+        .map(|t| {
+            let r = ids[t.id()][0];
+            assert_eq!(r.status, Status::Succeeded, "{r:?}");
+            (r.started_ms, t.task.deadline_ms.unwrap() - now)
+        })
+        .collect();
+    ran.sort();
+    let deadlines: Vec<u64> = ran.iter().map(|(_, d)| *d).collect();
+    // The first may start before the rest arrive; after it, deadline order.
+    assert!(
+        deadlines[1..].windows(2).all(|w| w[0] <= w[1]),
+        "deadlines (ms from now) in start order: {deadlines:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_kind_starts_no_faster_than_its_rate() {
     let (_b, mut cfg) = broker(1);
