@@ -54,9 +54,8 @@ pub async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.worker.max_buffered_tasks = cfg.worker.max_buffered_tasks.max(args.concurrency);
     // KIP-848: members join without a group-wide barrier, so startup is quick.
     cfg.worker.group_protocol = GroupProtocol::Consumer;
-    // The mock cluster answers a waiting fetch only when its wait expires, even if
-    // records arrived meanwhile; a short wait keeps the demo's latency honest.
-    cfg.kafka.fetch_wait_max_ms = 10;
+    // The embedded broker's fetch wait is shortened where every worker and reader
+    // is built (`kafka::adapted_to_cluster`), as for any client of `sluice broker`.
     // Several workers share this process, and an endpoint per worker would only
     // take ports; `sluice worker` is the process to scrape.
     cfg.metrics.enabled = false;
