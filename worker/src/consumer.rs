@@ -55,6 +55,10 @@ pub(crate) struct Incoming {
     /// From the record's `traceparent` header, when it has a valid one.
     pub trace: Option<TraceContext>,
     pub epoch: u64,
+    /// Hand-out order on the poll thread: the scheduler's first-come order.
+    /// Tasks are spawned in this order but reach the scheduler in whatever order
+    /// the runtime polls them, which is not it.
+    pub arrival: u64,
 }
 
 /// What became of an [`Incoming`].
@@ -498,6 +502,7 @@ pub(crate) fn poll_loop(
     let mut lanes_paused: HashSet<String> = HashSet::new();
     let max_total = limits.max_buffered * limits.lane_topics.len().max(1);
     let mut full_since: Option<Instant> = None;
+    let mut arrivals: u64 = 0;
     // Reused per record: no allocation for the tracker lookup or the topic name.
     let mut tp: Tp = (String::new(), 0);
     let mut topics: Vec<Arc<str>> = Vec::new();
@@ -631,7 +636,9 @@ pub(crate) fn poll_loop(
                     timestamp_ms: msg.timestamp().to_millis(),
                     trace: msg.headers().and_then(trace_context),
                     epoch,
+                    arrival: arrivals,
                 };
+                arrivals += 1;
                 hand_out(inc);
             }
             Some(Err(e)) => {

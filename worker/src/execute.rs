@@ -15,7 +15,7 @@ use crate::ended_jobs::EndedJobs;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::outbox::{DeadLetter, Outbox};
 use crate::retry::RetryPolicy;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, Ticket};
 use crate::valve::Valve;
 use crate::writer::PendingResult;
 use futures::FutureExt;
@@ -99,7 +99,10 @@ impl Executor {
             .clone()
             .unwrap_or_else(|| origin.coords.derived_id());
         let ticket = match self.scheduler.plan(&inc.topic, &task) {
-            Ok(t) => t,
+            Ok(t) => Ticket {
+                arrival: inc.arrival,
+                ..t
+            },
             Err(why) => {
                 if !self.admit(inc) {
                     return None;

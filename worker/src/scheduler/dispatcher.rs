@@ -29,6 +29,9 @@ pub(crate) struct Ticket {
     pub policy_key: u64,
     /// Resources held while it runs.
     pub needs: Amounts,
+    /// When its record was handed out (`Incoming::arrival`): first come, first
+    /// served among equals.
+    pub arrival: u64,
 }
 
 /// Position of a waiting task in its lane.
@@ -36,6 +39,8 @@ pub(crate) struct Ticket {
 pub(crate) struct Place {
     priority: Reverse<i32>,
     policy_key: u64,
+    arrival: u64,
+    /// Order of enqueueing: keeps equal places apart.
     seq: u64,
 }
 
@@ -92,6 +97,7 @@ impl<W> Dispatcher<W> {
         let place = Place {
             priority: Reverse(ticket.priority),
             policy_key: ticket.policy_key,
+            arrival: ticket.arrival,
             seq: self.next_seq,
         };
         self.next_seq += 1;
@@ -250,6 +256,7 @@ mod tests {
             priority,
             policy_key: key,
             needs: Amounts::default(),
+            arrival: 0,
         }
     }
 
@@ -265,6 +272,21 @@ mod tests {
         d.enqueue(ticket(1, 3, 90), 3);
         d.enqueue(ticket(1, 0, 10), 4);
         assert_eq!(drain(&mut d), vec![3, 2, 4, 1]);
+    }
+
+    #[test]
+    fn among_equals_the_record_handed_out_first_starts_first_whatever_the_enqueue_order() {
+        let mut d = Dispatcher::new(limits(10, None), [0.0; LANES]);
+        let at = |arrival| Ticket {
+            arrival,
+            ..ticket(1, 0, 0)
+        };
+        // Spawned tasks reach the scheduler in the runtime's order, not the records'.
+        d.enqueue(at(53), 53);
+        d.enqueue(at(3), 3);
+        d.enqueue(at(54), 54);
+        d.enqueue(at(4), 4);
+        assert_eq!(drain(&mut d), vec![3, 4, 53, 54]);
     }
 
     #[test]

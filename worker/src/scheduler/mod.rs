@@ -152,6 +152,8 @@ impl Scheduler {
             } else {
                 Amounts::default()
             },
+            // Set by the caller, who knows the record.
+            arrival: 0,
         })
     }
 

@@ -69,11 +69,18 @@ async fn a_failed_fail_fast_job_cancels_its_left_over_sub_tasks() {
         .finished_ms
         .unwrap_or_default()
         .saturating_sub(failed_at);
-    eprintln!("left-over sub-tasks: {ran} ran, {cancelled} cancelled; job result {decided_after} ms after the failure");
+    let mut by_start: Vec<&&TaskResult> = subs.iter().collect();
+    by_start.sort_by_key(|r| r.started_ms);
+    let failed_pos = by_start
+        .iter()
+        .position(|r| r.status == Status::DeadLettered)
+        .unwrap_or_default();
+    eprintln!("left-over sub-tasks: {ran} ran, {cancelled} cancelled; job result {decided_after} ms after the failure; the failing sub-task started {failed_pos}th");
     assert!(
         cancelled >= 50,
         "only {cancelled} of 99 left-over sub-tasks were cancelled; {ran} ran; the job \
-         result came {decided_after} ms after the failure"
+         result came {decided_after} ms after the failure; the failing sub-task started \
+         {failed_pos}th"
     );
     let why = subs
         .iter()
