@@ -10,6 +10,12 @@ use clap::Parser;
 use sluice_common::{telemetry, Config};
 use std::process::ExitCode;
 
+/// Sluice allocates a little per task on the runtime's threads and frees it on
+/// librdkafka's delivery thread; glibc's allocator spent about 17 % of a
+/// saturated worker's CPU on that traffic (`perf record`, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse().resolve();
     let mut cfg = match Config::load(cli.config.as_deref(), std::env::vars()) {
