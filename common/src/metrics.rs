@@ -88,6 +88,7 @@ pub struct Metrics {
     publish: publish::PublishMetrics,
     jobs_gathered: IntCounterVec,
     jobs_open: IntGauge,
+    jobs_results_read: IntCounter,
     stats: statistics::StatsGauges,
     scheduler: scheduler::SchedulerMetrics,
     /// Label sets set by the last statistics report, to drop the ones that vanish.
@@ -270,6 +271,10 @@ impl Metrics {
             "sluice_jobs_open",
             "Jobs with sub-task results on this worker's gather partitions and no job result yet.",
         );
+        let jobs_results_read = b.counter(
+            "sluice_jobs_results_read_total",
+            "Results this worker's job gatherer read from the results topic; it reads none while no job is open.",
+        );
         let stats = statistics::StatsGauges {
             partition_lag: b.gauge_vec(
                 "sluice_partition_lag_records",
@@ -322,6 +327,7 @@ impl Metrics {
             publish,
             jobs_gathered,
             jobs_open,
+            jobs_results_read,
             stats,
             stats_seen: Mutex::default(),
         }
@@ -449,6 +455,11 @@ impl Metrics {
             .with_label_values(&[&state.to_string()])
             .inc();
         self.jobs_open.set(open as i64);
+    }
+
+    /// The gatherer read a result.
+    pub fn job_result_read(&self) {
+        self.jobs_results_read.inc();
     }
 
     /// The gatherer's count of open jobs changed (a job started, or partitions moved).

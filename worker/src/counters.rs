@@ -21,6 +21,8 @@ pub struct Counters {
     /// Most records ever handed out and not yet done at once: pausing keeps it
     /// near `worker.max_buffered_tasks` however slow the tasks are.
     pub buffered_peak: AtomicUsize,
+    /// Results the job gatherer read (none while no job is open).
+    pub gathered_results: AtomicU64,
     /// The last scaling signal (`sluice_scaling_needed_workers`), as f64 bits.
     needed_workers: AtomicU64,
 }

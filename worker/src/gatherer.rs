@@ -20,13 +20,17 @@
 //! per job id, and duplicates agree on everything but `gathered_by` and
 //! `finished_ms`. Until it has read the jobs topic to its end once, a gatherer
 //! decides nothing, so it does not redo jobs whose results it simply had not read.
+//!
+//! While no job is open, the gatherer reads no results at all ([`idle`]).
+
+mod idle;
 
 use crate::ended_jobs::EndedJobs;
 use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::retry::RetryPolicy;
 use crate::writer::Writer;
 use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -57,6 +61,7 @@ pub(crate) struct Gatherer {
     pub producer: Writer,
     pub worker_id: String,
     pub metrics: Arc<Metrics>,
+    pub counters: Arc<crate::Counters>,
     /// Told of every job result on the jobs topic, for the executor.
     pub ended: Arc<EndedJobs>,
 }
@@ -82,6 +87,10 @@ struct State {
     open: HashMap<String, OpenJob>,
     /// Next offset to read, per results partition.
     positions: HashMap<i32, i64>,
+    /// Next offset to read, per jobs partition.
+    jobs_positions: HashMap<i32, i64>,
+    /// Paused results partitions and their skip points.
+    idle: idle::Idle,
     /// The jobs topic has been read to its end once.
     caught_up: bool,
 }
@@ -93,12 +102,13 @@ impl Gatherer {
     /// Gathers until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), sluice_common::Error> {
         let cfg = &self.cfg;
-        let counts = kafka::ensure_topics(cfg, &[&cfg.topics.jobs]).await?;
+        let counts = kafka::ensure_topics(cfg, &[&cfg.topics.jobs, &cfg.topics.results]).await?;
         let client_id = format!("{}-gather", self.worker_id);
-        let results: StreamConsumer<QuietContext> =
+        let results: Arc<StreamConsumer<QuietContext>> = Arc::new(
             kafka::gatherer_consumer_config(cfg, &client_id)
                 .create_with_context(QuietContext)
-                .map_err(sluice_common::Error::client)?;
+                .map_err(sluice_common::Error::client)?,
+        );
         results
             .subscribe(&[&cfg.topics.results])
             .map_err(sluice_common::Error::client)?;
@@ -112,6 +122,16 @@ impl Gatherer {
         }
         jobs.assign(&tpl).map_err(sluice_common::Error::client)?;
         let job_partitions = counts[0].1 as usize;
+        let prober: Arc<BaseConsumer<QuietContext>> = Arc::new(
+            kafka::reader_config(cfg, &format!("{client_id}-probe"))
+                .create_with_context(QuietContext)
+                .map_err(sluice_common::Error::client)?,
+        );
+        let topic_sizes = (
+            (cfg.topics.results.clone(), counts[1].1),
+            (cfg.topics.jobs.clone(), counts[0].1),
+        );
+        let (marks_tx, mut marks_rx) = mpsc::channel::<Option<idle::Marks>>(1);
         tracing::info!(group = %cfg.worker.gather_group(), jobs = %cfg.topics.jobs, "job gatherer started");
 
         let mut st = State::default();
@@ -126,7 +146,10 @@ impl Gatherer {
                     Err(e) => { tracing::warn!(error = %e, "gatherer: reading results"); vec![] }
                 },
                 m = jobs.recv() => match m {
-                    Ok(msg) => self.on_job_record(&mut st, &msg, &done_tx),
+                    Ok(msg) => {
+                        st.jobs_positions.insert(msg.partition(), msg.offset() + 1);
+                        self.on_job_record(&mut st, &msg, &done_tx)
+                    }
                     Err(KafkaError::PartitionEOF(p)) => {
                         at_end.insert(p);
                         if at_end.len() >= job_partitions && !st.caught_up {
@@ -145,17 +168,35 @@ impl Gatherer {
                         _ => vec![],
                     }
                 }
+                Some(marks) = marks_rx.recv() => {
+                    st.idle.probing = false;
+                    st.idle.marks = marks.filter(|_| quiet(&st));
+                    vec![]
+                }
                 _ = tick.tick() => {
                     forget_lost_partitions(&mut st, &results, &cfg.topics.results);
                     warn_missing_manifests(&mut st);
                     self.metrics.jobs_open(st.open.len());
                     store_offsets(&st, &results, &cfg.topics.results);
+                    if quiet(&st) && !st.idle.probing {
+                        st.idle.probing = true;
+                        let (prober, sizes, tx) = (prober.clone(), topic_sizes.clone(), marks_tx.clone());
+                        let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
+                        tokio::task::spawn_blocking(move || {
+                            let ((r, rn), (j, jn)) = &sizes;
+                            let marks = idle::probe(&prober, (r, *rn), (j, *jn), timeout)
+                                .inspect_err(|e| tracing::debug!(error = %e, "gatherer: end offsets not taken; reading on"))
+                                .ok();
+                            let _ = tx.blocking_send(marks);
+                        });
+                    }
                     vec![]
                 }
             };
             for job in ready {
                 self.publish(&mut st, &results, job, &shutdown).await;
             }
+            self.idle_or_wake(&mut st, &results);
         }
         store_offsets(&st, &results, &cfg.topics.results);
         // Closing commits the stored offsets; librdkafka may block on that.
@@ -167,6 +208,39 @@ impl Gatherer {
         Ok(())
     }
 
+    /// Pauses the results partitions once a probe's marks prove that no job
+    /// can have results below them; resumes them as soon as a job is open.
+    fn idle_or_wake(&self, st: &mut State, results: &Arc<StreamConsumer<QuietContext>>) {
+        let topic = &self.cfg.topics.results;
+        if !quiet(st) {
+            if !st.idle.paused.is_empty() {
+                let at = st.idle.wake();
+                tracing::debug!(partitions = ?at, "gatherer: a job is open; reading results again");
+                idle::resume(results, topic, &at);
+            }
+            st.idle.marks = None;
+            return;
+        }
+        let Some(marks) = st.idle.marks.take_if(|m| m.jobs_read(&st.jobs_positions)) else {
+            return;
+        };
+        let assigned: Vec<i32> = results.assignment().map_or_else(
+            |_| vec![],
+            |a| {
+                a.elements_for_topic(topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            },
+        );
+        let newly = st.idle.skip_to(&marks, &assigned, &mut st.positions);
+        if !newly.is_empty() {
+            tracing::debug!(partitions = ?newly, "gatherer: no job open; results not read until one is");
+            idle::pause(results, topic, &newly);
+        }
+        store_offsets(st, results, topic);
+    }
+
     fn on_result(
         &self,
         st: &mut State,
@@ -174,6 +248,15 @@ impl Gatherer {
         done: &mpsc::Sender<Gathered>,
     ) -> Option<JobResult> {
         let (p, offset) = (msg.partition(), msg.offset());
+        // Fetched before the pause took effect: read again from the skip point
+        // if a job opens.
+        if st.idle.skips(p) {
+            return None;
+        }
+        self.metrics.job_result_read();
+        self.counters
+            .gathered_results
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.positions.insert(p, offset + 1);
         // Most results belong to no job: a result with one has a `job` field,
         // so one without the key's bytes is skipped unparsed (parsing every
@@ -342,6 +425,12 @@ impl Gatherer {
         self.ended.ended(&job.job_id);
         self.metrics.job_gathered(job.state, st.open.len());
     }
+}
+
+/// No job can have results this gatherer must read: the jobs topic has been
+/// read to its end and every job seen there has a job result.
+fn quiet(st: &State) -> bool {
+    st.caught_up && st.manifests.is_empty() && st.open.is_empty()
 }
 
 fn finish(st: &mut State, id: &str) {

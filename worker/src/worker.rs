@@ -172,6 +172,7 @@ pub async fn run_with(
             producer: producer.clone(),
             worker_id: worker_id.clone(),
             metrics: metrics.clone(),
+            counters: counters.clone(),
             ended: ended_jobs.clone(),
         };
         let stop = shutdown.clone();

@@ -107,3 +107,71 @@ async fn submit_and_wait(
     let (status, manifest) = run_job(cfg, &spec).await;
     (status, manifest.job_id)
 }
+
+/// While no job is open the gatherer reads no results, and a job submitted
+/// later is still gathered: its gatherer resumes at a skip point taken while
+/// idle, not where it paused, so it reads the job's results and not the
+/// thousands of plain ones before them. Without idling, each burst of plain
+/// tasks would be read in full (2,000 reads); resuming where it paused would
+/// read the whole burst before the job's results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gatherer_reads_no_results_while_no_job_is_open() {
+    let (_b, cfg) = broker(4);
+    let ((stop, h), counters) = ready_worker_counting(&cfg, "w", sluice_worker::builtin()).await;
+    let read = || {
+        counters
+            .gathered_results
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A first job proves the gatherer holds its partitions and reads.
+    let (first, _) = run_job(&cfg, &square_job("range:1..10")).await;
+    assert_eq!(first.output, Some(json!(385)), "{first:?}");
+    assert!(read() >= 10, "the gatherer read {} results", read());
+
+    for round in 0..2 {
+        // Once the job is gathered, idling starts within a probe or two.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = read();
+        let plain: Vec<_> = (0..2000).map(|i| task("noop", json!(i), None)).collect();
+        publish(&cfg, &plain).await;
+        wait_for_finished(&counters, 2000 * (round + 1) + 10 + 50 * round).await;
+        let during = read() - before;
+        assert_eq!(
+            during, 0,
+            "round {round}: the gatherer read {during} of 2000 results without any job open"
+        );
+
+        let (job, _) = run_job(&cfg, &square_job("range:1..50")).await;
+        assert_eq!(job.output, Some(json!(42925)), "round {round}: {job:?}");
+        let resumed = read() - before;
+        assert!(
+            (50..500).contains(&resumed),
+            "round {round}: the gatherer read {resumed} results for a 50-task job after 2000 plain ones"
+        );
+    }
+    stop.cancel();
+    h.await.unwrap();
+}
+
+fn square_job(split: &str) -> JobSpec {
+    JobSpec {
+        id: None,
+        kind: "square".into(),
+        split: split.parse().unwrap(),
+        gather: GatherSpec::Sum,
+        failure: FailurePolicy::default(),
+        sub_tasks: Default::default(),
+    }
+}
+
+async fn wait_for_finished(counters: &sluice_worker::Counters, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counters.total_finished() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} tasks finished",
+            counters.total_finished()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
