@@ -48,6 +48,11 @@ fn bench_reports_every_scenario_against_the_baseline_without_losing_tasks() {
             "1",
             "--scale-concurrency",
             "2",
+            // Not the embedded broker's default of 4: each run's topics are
+            // created with this count (auto-created ones would have 4, and
+            // the pipes would wait for partitions that do not exist).
+            "--partitions",
+            "6",
             "--json",
         ])
         .env_remove("SLUICE_BROKERS")
@@ -58,6 +63,7 @@ fn bench_reports_every_scenario_against_the_baseline_without_losing_tasks() {
     let report: Value = serde_json::from_str(&stdout).expect("the report is JSON");
     assert_eq!(report["lost"], 0, "{report:#}");
     assert_eq!(report["machine"]["broker"], "embedded");
+    assert_eq!(report["settings"]["partitions"], 6);
 
     let sat = &report["saturation"];
     assert_complete(&sat["sluice"], 300.0, "saturation sluice");

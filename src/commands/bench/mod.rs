@@ -55,6 +55,7 @@ pub async fn run(args: BenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let scheduling_cfg = cfg.clone();
     let bench = Bench::new(
         cfg,
+        broker.as_ref(),
         format!("bench-{}", now_ms()),
         args.partitions,
         args.payload_bytes,

@@ -174,13 +174,46 @@ pub fn prepare(args: &BenchArgs, cfg: &mut Config) -> anyhow::Result<()> {
         // KIP-848: members join without a group-wide barrier (the embedded broker
         // supports it), so adding a worker never stops the others.
         cfg.worker.group_protocol = GroupProtocol::Consumer;
+        if let Some(enough) = partitions_kept_whole(args.tasks, args.payload_bytes, args.partitions)
+        {
+            eprintln!(
+                "sluice bench: warning: {} tasks of {} bytes over {} partitions may outgrow what the embedded broker keeps (about 5 MiB per partition; it evicts the oldest records, read or not): tasks evicted before they are read count as lost. Use --partitions {enough} or more, or --brokers.",
+                args.tasks, args.payload_bytes, args.partitions
+            );
+        }
     }
     Ok(())
+}
+
+/// What librdkafka's mock cluster keeps per partition before it evicts the
+/// oldest batches (`rdkafka_mock.c`, `max_size`).
+const EMBEDDED_PARTITION_BYTES: usize = 5 * 1024 * 1024;
+
+/// A task record's size in a batch beyond its value: the bench's key (about
+/// 25 bytes) and the record's own fields (varint lengths, timestamp and offset
+/// deltas, attributes: about 12 bytes), rounded up.
+const RECORD_OVERHEAD_BYTES: usize = 48;
+
+/// `None` when `tasks` records of `payload_bytes` fit in `partitions` of the
+/// embedded broker, else the partition count they would fit in.
+fn partitions_kept_whole(tasks: usize, payload_bytes: usize, partitions: i32) -> Option<usize> {
+    let bytes = tasks.saturating_mul(payload_bytes + RECORD_OVERHEAD_BYTES);
+    let kept = EMBEDDED_PARTITION_BYTES;
+    (bytes > kept * partitions as usize).then(|| bytes.div_ceil(kept))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_that_outgrow_the_embedded_broker_are_told_how_many_partitions_fit() {
+        // The default run (100k tasks of 128 bytes on 4 partitions) fits.
+        assert_eq!(partitions_kept_whole(100_000, 128, 4), None);
+        let enough = partitions_kept_whole(1_000_000, 128, 4).expect("does not fit");
+        assert_eq!(partitions_kept_whole(1_000_000, 128, enough as i32), None);
+        assert!(partitions_kept_whole(1_000_000, 128, enough as i32 - 1).is_some());
+    }
 
     #[test]
     fn records_are_tasks_padded_to_the_asked_size() {

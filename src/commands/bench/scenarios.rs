@@ -6,7 +6,7 @@ use super::load::{drive, Load, Observed, Topics};
 use super::options::Work;
 use super::pipeline::Workers;
 use super::report::{AddWorker, Compared, Figures, Level, ScaleStep};
-use sluice_common::{kafka, Config};
+use sluice_common::{kafka, Config, EmbeddedBroker, TopicSpec};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::time::{Duration, Instant};
@@ -19,18 +19,28 @@ const SCALE_STEPS: [usize; 3] = [1, 2, 4];
 const WINDOW: Duration = Duration::from_millis(250);
 
 /// What every scenario shares.
-pub struct Bench {
+pub struct Bench<'a> {
     pub cfg: Config,
+    /// The embedded broker, which creates each run's topics: it auto-creates
+    /// topics with 4 partitions whatever `--partitions` says.
+    broker: Option<&'a EmbeddedBroker>,
     pub run: String,
     pub partitions: i32,
     pub payload_bytes: usize,
     runs: AtomicUsize,
 }
 
-impl Bench {
-    pub fn new(cfg: Config, run: String, partitions: i32, payload_bytes: usize) -> Bench {
+impl<'a> Bench<'a> {
+    pub fn new(
+        cfg: Config,
+        broker: Option<&'a EmbeddedBroker>,
+        run: String,
+        partitions: i32,
+        payload_bytes: usize,
+    ) -> Bench<'a> {
         Bench {
             cfg,
+            broker,
             run,
             partitions,
             payload_bytes,
@@ -47,16 +57,21 @@ impl Bench {
         cfg.topics.results = format!("{base}-results");
         cfg.topics.partitions = self.partitions;
         cfg.worker.group = format!("{base}-group");
-        kafka::ensure_topics(
-            &cfg,
-            &[
-                &cfg.topics.tasks,
-                &cfg.topics.results,
-                &cfg.topics.retry_topic(),
-                &cfg.topics.dead_letter_topic(),
-            ],
-        )
-        .await?;
+        let names = [
+            cfg.topics.tasks.clone(),
+            cfg.topics.results.clone(),
+            cfg.topics.retry_topic(),
+            cfg.topics.dead_letter_topic(),
+        ];
+        if let Some(broker) = self.broker {
+            for name in &names {
+                broker.create_topic(TopicSpec {
+                    name: name.clone(),
+                    partitions: self.partitions,
+                })?;
+            }
+        }
+        kafka::ensure_topics(&cfg, &names.each_ref().map(String::as_str)).await?;
         let topics = Topics {
             tasks: cfg.topics.tasks.clone(),
             results: cfg.topics.results.clone(),
