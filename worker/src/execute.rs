@@ -62,9 +62,24 @@ pub(crate) struct Executor {
 }
 
 /// Facts about a record shared by every result it can produce.
-struct Origin {
-    coords: Coordinates,
+struct Origin<'a> {
+    /// Borrowed from the record: only a result copies the topic name.
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
     record_ms: Option<u64>,
+}
+
+impl Origin<'_> {
+    /// The id of a task published without one.
+    fn derived_id(&self) -> String {
+        Coordinates {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+        .derived_id()
+    }
 }
 
 impl Executor {
@@ -72,11 +87,9 @@ impl Executor {
     /// [`Admission`]) and was handed back. `in_place`: retry in this lane.
     pub async fn run(&self, inc: &Incoming, in_place: bool) -> Option<Outcome> {
         let origin = Origin {
-            coords: Coordinates {
-                topic: inc.topic.to_string(),
-                partition: inc.partition,
-                offset: inc.offset,
-            },
+            topic: &inc.topic,
+            partition: inc.partition,
+            offset: inc.offset,
             record_ms: inc.timestamp_ms.and_then(|t| u64::try_from(t).ok()),
         };
         let mut task = match Task::decode(inc.value.as_deref(), self.cfg.max_task_bytes) {
@@ -86,7 +99,7 @@ impl Executor {
                 if !self.admit(inc) {
                     return None;
                 }
-                let id = origin.coords.derived_id();
+                let id = origin.derived_id();
                 tracing::warn!(error = %e, task.id = %id, "unreadable task record");
                 let now = now_ms();
                 return Some(self.give_up_on(&origin, id, None, (now, now), e.to_string()));
@@ -94,10 +107,7 @@ impl Executor {
         };
         let labels = self.metrics.kind(&task.kind);
         self.metrics.task_received(&labels);
-        let id = task
-            .id
-            .clone()
-            .unwrap_or_else(|| origin.coords.derived_id());
+        let id = task.id.clone().unwrap_or_else(|| origin.derived_id());
         let ticket = match self.scheduler.plan(&inc.topic, &task) {
             Ok(t) => Ticket {
                 arrival: inc.arrival,
@@ -325,7 +335,7 @@ impl Executor {
     /// letters are off) with `error` as the reason.
     fn give_up_on(
         &self,
-        origin: &Origin,
+        origin: &Origin<'_>,
         id: String,
         task: Option<&Task>,
         times: (u64, u64),
@@ -396,7 +406,7 @@ impl Executor {
 
     fn result(
         &self,
-        origin: &Origin,
+        origin: &Origin<'_>,
         task_id: String,
         task: Option<&Task>,
         (started_ms, finished_ms): (u64, u64),
@@ -410,9 +420,9 @@ impl Executor {
             error: None,
             attempts: task.map_or(1, Task::attempt),
             worker: self.outbox.worker_id.clone(),
-            topic: origin.coords.topic.clone(),
-            partition: origin.coords.partition,
-            offset: origin.coords.offset,
+            topic: origin.topic.to_string(),
+            partition: origin.partition,
+            offset: origin.offset,
             created_ms: task.and_then(|t| t.created_ms).or(origin.record_ms),
             started_ms,
             finished_ms,

@@ -207,10 +207,14 @@ impl Writer {
         headers: OwnedHeaders,
         pending: PendingResult,
     ) -> Result<(), (KafkaError, PendingResult)> {
+        // Stamped with the task's finish time, which is to the millisecond when
+        // it is queued: librdkafka would read the wall clock once more per record.
+        let stamp = i64::try_from(pending.result.finished_ms).unwrap_or(0);
         let record = BaseRecord::with_opaque_to(topic, Box::new(Delivery::Result(pending)))
             .key(key)
             .payload(value)
-            .headers(headers);
+            .headers(headers)
+            .timestamp(stamp);
         // Counted before it is queued: its report can come before `send` returns.
         let awaiting = &self.context().awaiting_ack;
         awaiting.fetch_add(1, Ordering::Relaxed);
