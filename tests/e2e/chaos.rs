@@ -5,18 +5,22 @@
 //! Each test prints one `RELIABILITY|…` line; `scripts/reliability-report` turns
 //! those into the table in docs/RELIABILITY.md.
 
-use crate::harness::{by_task, stderr, Broker, Env};
+use crate::harness::{by_task, stderr, Broker, Env, Proc};
+use sluice_common::exporter::probe;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-/// Tasks a worker may hold unfinished: the bound on what a crash can repeat,
-/// together with what finished since the last commit.
-const BUFFER: &str = "100";
+/// Tasks a worker may hold handed out and unfinished (its read-ahead).
+const BUFFER: usize = 100;
 
 struct Tally {
     sent: usize,
     results: usize,
     lost: usize,
     duplicates: usize,
+    /// Duplicates by the worker whose result of the task came first.
+    repeated_from: BTreeMap<String, usize>,
 }
 
 fn tally(env: &Env, sent: usize, timeout: Duration) -> Tally {
@@ -62,11 +66,22 @@ fn tally(env: &Env, sent: usize, timeout: Duration) -> Tally {
         }
     }
     let tasks = by_task(&results);
+    let mut repeated_from = BTreeMap::new();
+    for runs in tasks.values().filter(|v| v.len() > 1) {
+        let first = runs
+            .iter()
+            .min_by_key(|r| r["finished_ms"].as_u64())
+            .expect("results");
+        *repeated_from
+            .entry(first["worker"].as_str().unwrap_or("?").to_string())
+            .or_default() += runs.len() - 1;
+    }
     Tally {
         sent,
         results: results.len(),
         lost: sent.saturating_sub(tasks.len()),
         duplicates: tasks.values().map(|v| v.len() - 1).sum(),
+        repeated_from,
     }
 }
 
@@ -77,10 +92,66 @@ fn report(broker: &Broker, test: &str, t: &Tally, fault: &str) {
     );
 }
 
-fn worker(env: &Env, id: &str) -> crate::harness::Proc {
-    let child = env
-        .cmd(&["worker", "--id", id, "--concurrency", "8"])
-        .env("SLUICE_WORKER__MAX_BUFFERED_TASKS", BUFFER)
+fn worker(env: &Env, id: &str) -> Proc {
+    spawn_worker(id, env.cmd(&[]))
+}
+
+/// Workers `ids`, once each holds partitions: the group's last rebalance is
+/// over. Until then the mock cluster takes no commit (classic protocol: it
+/// answers RebalanceInProgress from the join that starts a rebalance to the sync,
+/// `session.timeout.ms` − 1 s or more here, and reads nothing from a member whose
+/// join is pending), so a worker killed then repeats all it finished since. A
+/// fixed 4 s wait let the third worker join after the first two were assigned,
+/// and the victim, with nothing committed, repeated all its results: 737 in a
+/// run here, 1,076 and 1,084 with the third worker started 3.5 s late.
+fn workers_holding_partitions(env: &Env, ids: &[&str]) -> Vec<Proc> {
+    // Every port taken at once: ports picked one after another can repeat, and a
+    // worker that cannot listen exits while the probe finds the other one ready.
+    let listeners: Vec<TcpListener> = ids
+        .iter()
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound"))
+        .collect();
+    drop(listeners);
+    let mut started: Vec<(Proc, SocketAddr)> = ids
+        .iter()
+        .zip(addrs)
+        .map(|(id, addr)| {
+            let mut cmd = env.cmd(&[]);
+            cmd.env("SLUICE_METRICS__LISTEN", addr.to_string())
+                .env("SLUICE_METRICS__PORT_SEARCH", "0");
+            (spawn_worker(id, cmd), addr)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (w, addr) in &mut started {
+        loop {
+            if let Some(status) = w.child.try_wait().expect("wait") {
+                panic!("{} exited before it held partitions: {status}", w.name);
+            }
+            // Not listening yet, or 503 until partitions arrive.
+            match probe(*addr, "/health/ready", Duration::from_secs(1)) {
+                Ok((200, _)) => break,
+                last => assert!(
+                    Instant::now() < deadline,
+                    "{} holds no partitions after 60 s: {last:?}",
+                    w.name
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    started.into_iter().map(|(w, _)| w).collect()
+}
+
+/// `sluice worker --id id` with the tests' settings, from `cmd` (an `env.cmd`).
+fn spawn_worker(id: &str, mut cmd: std::process::Command) -> Proc {
+    let child = cmd
+        .args(["worker", "--id", id, "--concurrency", "8"])
+        .env("SLUICE_WORKER__MAX_BUFFERED_TASKS", BUFFER.to_string())
         .env(
             "RUST_LOG",
             std::env::var("CHAOS_LOG").unwrap_or_else(|_| "off".into()),
@@ -125,11 +196,7 @@ fn wait_results(env: &Env, n: usize) {
 fn a_worker_killed_with_sigkill_under_load_loses_nothing() {
     let broker = Broker::start();
     let env = Env::new(&broker, "kill9").classic();
-    let workers: Vec<_> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| worker(&env, id))
-        .collect();
-    std::thread::sleep(Duration::from_secs(4));
+    let workers = workers_holding_partitions(&env, &["w1", "w2", "w3"]);
     let sent = 3000;
     produce(&env, sent, 10);
     wait_results(&env, 600);
@@ -149,12 +216,33 @@ fn a_worker_killed_with_sigkill_under_load_loses_nothing() {
         "SIGKILL mid-run",
     );
     assert_eq!(t.lost, 0, "tasks lost after SIGKILL");
-    // What a crash can repeat: the tasks the workers held unfinished (3 × the
-    // buffer) plus those finished since their last commit (3 workers × 8 slots ×
-    // 10 ms tasks × 200 ms interval = 480): the victim's for sure, and the
-    // survivors' too when the rebalance moves their partitions while commits are
-    // refused (classic protocol: RebalanceInProgress).
-    assert!(t.duplicates <= 3 * 100 + 480, "{} duplicates", t.duplicates);
+    // The rebalance after the kill refuses commits until it ends, but the
+    // survivors keep their partitions (cooperative-sticky) and commit later:
+    // they repeat nothing. The victim repeats the results its last commit did
+    // not cover: tasks finished after that commit's offsets were stored (one
+    // 200 ms interval, plus up to one more for a finished task's offset to be
+    // stored, its result acknowledged and stores batched, and for the commit to
+    // land: 8 slots × 400 ms / 10 ms tasks = 320; results awaiting their
+    // acknowledgement, which the buffer does not count, are among these), and
+    // tasks finished above a lower offset still running (at most its buffer).
+    // Tasks held but not started wrote nothing and repeat nothing.
+    let from_survivors: usize = t
+        .repeated_from
+        .iter()
+        .filter(|(w, _)| *w != "w2")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        from_survivors, 0,
+        "survivors' tasks ran again; duplicates by first worker: {:?}",
+        t.repeated_from
+    );
+    assert!(
+        t.duplicates <= BUFFER + 8 * 400 / 10,
+        "{} duplicates, by first worker: {:?}",
+        t.duplicates,
+        t.repeated_from
+    );
     drop((w1, w3));
     eprintln!("recovered {:?} after the kill", killed_at.elapsed());
 }
