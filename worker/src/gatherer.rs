@@ -30,7 +30,7 @@ use crate::handler::{HandlerError, Registry, TaskContext};
 use crate::retry::RetryPolicy;
 use crate::writer::Writer;
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -122,16 +122,7 @@ impl Gatherer {
         }
         jobs.assign(&tpl).map_err(sluice_common::Error::client)?;
         let job_partitions = counts[0].1 as usize;
-        let prober: Arc<BaseConsumer<QuietContext>> = Arc::new(
-            kafka::reader_config(cfg, &format!("{client_id}-probe"))
-                .create_with_context(QuietContext)
-                .map_err(sluice_common::Error::client)?,
-        );
-        let topic_sizes = (
-            (cfg.topics.results.clone(), counts[1].1),
-            (cfg.topics.jobs.clone(), counts[0].1),
-        );
-        let (marks_tx, mut marks_rx) = mpsc::channel::<Option<idle::Marks>>(1);
+        let (prober, mut marks) = idle::Prober::new(cfg, &client_id, counts[1].1, counts[0].1)?;
         tracing::info!(group = %cfg.worker.gather_group(), jobs = %cfg.topics.jobs, "job gatherer started");
 
         let mut st = State::default();
@@ -168,9 +159,9 @@ impl Gatherer {
                         _ => vec![],
                     }
                 }
-                Some(marks) = marks_rx.recv() => {
+                Some(m) = marks.recv() => {
                     st.idle.probing = false;
-                    st.idle.marks = marks.filter(|_| quiet(&st));
+                    st.idle.marks = m.filter(|_| quiet(&st));
                     vec![]
                 }
                 _ = tick.tick() => {
@@ -180,15 +171,7 @@ impl Gatherer {
                     store_offsets(&st, &results, &cfg.topics.results);
                     if quiet(&st) && !st.idle.probing {
                         st.idle.probing = true;
-                        let (prober, sizes, tx) = (prober.clone(), topic_sizes.clone(), marks_tx.clone());
-                        let timeout = Duration::from_millis(cfg.kafka.connect_timeout_ms);
-                        tokio::task::spawn_blocking(move || {
-                            let ((r, rn), (j, jn)) = &sizes;
-                            let marks = idle::probe(&prober, (r, *rn), (j, *jn), timeout)
-                                .inspect_err(|e| tracing::debug!(error = %e, "gatherer: end offsets not taken; reading on"))
-                                .ok();
-                            let _ = tx.blocking_send(marks);
-                        });
+                        prober.start();
                     }
                     vec![]
                 }

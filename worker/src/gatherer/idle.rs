@@ -22,10 +22,12 @@
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_common::kafka::QuietContext;
+use sluice_common::kafka::{self, QuietContext};
+use sluice_common::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// End offsets taken by one probe: the results topic's first, then the jobs
 /// topic's.
@@ -100,28 +102,70 @@ impl Idle {
     }
 }
 
-/// Takes [`Marks`] with a client of its own: results first, then jobs.
-pub(super) fn probe(
-    client: &BaseConsumer<QuietContext>,
-    (results, results_partitions): (&str, i32),
-    (jobs, jobs_partitions): (&str, i32),
+/// Takes [`Marks`] with a client of its own, off the gatherer's task.
+pub(super) struct Prober {
+    client: Arc<BaseConsumer<QuietContext>>,
+    /// The results topic and its partition count.
+    results: (String, i32),
+    /// The jobs topic and its partition count.
+    jobs: (String, i32),
     timeout: Duration,
-) -> Result<Marks, rdkafka::error::KafkaError> {
-    let results = end_offsets(client, results, results_partitions, timeout)?;
-    let jobs = end_offsets(client, jobs, jobs_partitions, timeout)?;
-    Ok(Marks { results, jobs })
+    marks: mpsc::Sender<Option<Marks>>,
+}
+
+impl Prober {
+    /// A prober for `cfg`'s topics, and where its marks arrive (`None` for a
+    /// probe that failed: the gatherer then reads on).
+    pub fn new(
+        cfg: &Config,
+        client_id: &str,
+        results_partitions: i32,
+        jobs_partitions: i32,
+    ) -> Result<(Prober, mpsc::Receiver<Option<Marks>>), sluice_common::Error> {
+        let client = kafka::reader_config(cfg, &format!("{client_id}-probe"))
+            .create_with_context(QuietContext)
+            .map_err(sluice_common::Error::client)?;
+        let (tx, rx) = mpsc::channel(1);
+        let prober = Prober {
+            client: Arc::new(client),
+            results: (cfg.topics.results.clone(), results_partitions),
+            jobs: (cfg.topics.jobs.clone(), jobs_partitions),
+            timeout: Duration::from_millis(cfg.kafka.connect_timeout_ms),
+            marks: tx,
+        };
+        Ok((prober, rx))
+    }
+
+    /// Takes the results topic's end offsets, then the jobs topic's.
+    pub fn start(&self) {
+        let (client, results, jobs) =
+            (self.client.clone(), self.results.clone(), self.jobs.clone());
+        let (timeout, tx) = (self.timeout, self.marks.clone());
+        // ListOffsets requests block: keep them off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let marks = end_offsets(&client, &results, timeout).and_then(|results| {
+                let jobs = end_offsets(&client, &jobs, timeout)?;
+                Ok(Marks { results, jobs })
+            });
+            let marks = marks
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "gatherer: end offsets not taken; reading on"),
+                )
+                .ok();
+            let _ = tx.blocking_send(marks);
+        });
+    }
 }
 
 /// Every partition's end offset, in one ListOffsets request per leader: a
 /// timestamp of -1 asks for the latest offset.
 fn end_offsets(
     client: &BaseConsumer<QuietContext>,
-    topic: &str,
-    partitions: i32,
+    (topic, partitions): &(String, i32),
     timeout: Duration,
 ) -> Result<HashMap<i32, i64>, rdkafka::error::KafkaError> {
     let mut query = TopicPartitionList::new();
-    for p in 0..partitions {
+    for p in 0..*partitions {
         query.add_partition_offset(topic, p, Offset::End)?;
     }
     let found = client.offsets_for_times(query, timeout)?;
