@@ -227,13 +227,22 @@ impl Broker {
     }
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never the same one twice in this
+/// process: ports picked one after another by binding port 0 can repeat (seen
+/// here, when three workers were given ports in turn), and tests run in parallel.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 fn port_open(addr: &str, timeout: Duration) -> bool {
