@@ -5,10 +5,10 @@
 //! Each test prints one `RELIABILITY|…` line; `scripts/reliability-report` turns
 //! those into the table in docs/RELIABILITY.md.
 
-use crate::harness::{by_task, stderr, Broker, Env, Proc};
+use crate::harness::{by_task, free_port, stderr, Broker, Env, Proc};
 use sluice_common::exporter::probe;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Tasks a worker may hold handed out and unfinished (its read-ahead).
@@ -105,17 +105,12 @@ fn worker(env: &Env, id: &str) -> Proc {
 /// and the victim, with nothing committed, repeated all its results: 737 in a
 /// run here, 1,076 and 1,084 with the third worker started 3.5 s late.
 fn workers_holding_partitions(env: &Env, ids: &[&str]) -> Vec<Proc> {
-    // Every port taken at once: ports picked one after another can repeat, and a
-    // worker that cannot listen exits while the probe finds the other one ready.
-    let listeners: Vec<TcpListener> = ids
+    // A port of its own for each worker (`free_port` never repeats one): a worker
+    // that cannot listen exits while the probe finds the other one ready.
+    let addrs: Vec<SocketAddr> = ids
         .iter()
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound"))
-        .collect();
-    drop(listeners);
     let mut started: Vec<(Proc, SocketAddr)> = ids
         .iter()
         .zip(addrs)

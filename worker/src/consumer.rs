@@ -699,7 +699,7 @@ fn trace_context(headers: &BorrowedHeaders) -> Option<TraceContext> {
 /// to a partition's leader is I/O on that thread, so asking a few partitions
 /// for their watermarks wakes their brokers' threads. Bounded: a few round
 /// trips, each with a short timeout.
-fn wake_fetchers(consumer: &BaseConsumer<WorkerContext>) {
+pub(crate) fn wake_fetchers<C: ConsumerContext>(consumer: &impl Consumer<C>) {
     let Ok(assignment) = consumer.assignment() else {
         return;
     };

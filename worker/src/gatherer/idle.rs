@@ -20,6 +20,7 @@
 //! A manifest that makes a job open resumes reading at the skip points; the
 //! records between the last probe and now are read like any others.
 
+use crate::consumer::wake_fetchers;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::kafka::{self, QuietContext};
@@ -196,7 +197,7 @@ pub(super) fn pause(consumer: &StreamConsumer<QuietContext>, topic: &str, partit
 
 /// Resumes `partitions` of `topic`, each assigned one at its skip point, and
 /// wakes the fetcher: a resume alone leaves librdkafka's broker thread asleep
-/// for up to a second (see `wake_fetchers` in consumer.rs).
+/// for up to a second ([`wake_fetchers`]).
 pub(super) fn resume(
     consumer: &Arc<StreamConsumer<QuietContext>>,
     topic: &str,
@@ -216,13 +217,9 @@ pub(super) fn resume(
     if let Err(e) = consumer.resume(&tpl) {
         tracing::warn!(error = %e, "gatherer: could not resume results partitions");
     }
-    let Some(first) = assigned.elements().first().map(|e| e.partition()) else {
-        return;
-    };
-    let (consumer, topic) = (consumer.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let _ = consumer.fetch_watermarks(&topic, first, Duration::from_millis(100));
-    });
+    let consumer = consumer.clone();
+    // Watermark requests block: keep them off the async threads.
+    tokio::task::spawn_blocking(move || wake_fetchers(&*consumer));
 }
 
 #[cfg(test)]
