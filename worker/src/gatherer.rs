@@ -169,10 +169,7 @@ impl Gatherer {
                     warn_missing_manifests(&mut st);
                     self.metrics.jobs_open(st.open.len());
                     store_offsets(&st, &results, &cfg.topics.results);
-                    if quiet(&st) && !st.idle.probing {
-                        st.idle.probing = true;
-                        prober.start();
-                    }
+                    probe_if_quiet(&mut st, &prober);
                     vec![]
                 }
             };
@@ -204,9 +201,14 @@ impl Gatherer {
             st.idle.marks = None;
             return;
         }
-        let Some(marks) = st.idle.marks.take_if(|m| m.jobs_read(&st.jobs_positions)) else {
+        if !st
+            .idle
+            .marks
+            .as_ref()
+            .is_some_and(|m| m.jobs_read(&st.jobs_positions))
+        {
             return;
-        };
+        }
         let assigned: Vec<i32> = results.assignment().map_or_else(
             |_| vec![],
             |a| {
@@ -216,6 +218,16 @@ impl Gatherer {
                     .collect()
             },
         );
+        if assigned.is_empty() {
+            // Kept until the group assigns partitions: marks stay true for
+            // partitions assigned after they were taken, and a fresh worker
+            // would otherwise read every result until the probe after its
+            // assignment (half a second of results, seen in `sluice bench`).
+            return;
+        }
+        let Some(marks) = st.idle.marks.take() else {
+            return;
+        };
         let newly = st.idle.skip_to(&marks, &assigned, &mut st.positions);
         if !newly.is_empty() {
             tracing::debug!(partitions = ?newly, "gatherer: no job open; results not read until one is");
@@ -410,10 +422,20 @@ impl Gatherer {
     }
 }
 
-/// No job can have results this gatherer must read: the jobs topic has been
-/// read to its end and every job seen there has a job result.
+/// No job this gatherer knows of is open: every job seen on the jobs topic has
+/// a job result. Not whether the jobs topic was read to its end: a probe's marks
+/// are only taken once it was read up to them (`Marks::jobs_read`), and a fresh
+/// worker probes at once instead of after its first catch-up read.
 fn quiet(st: &State) -> bool {
-    st.caught_up && st.manifests.is_empty() && st.open.is_empty()
+    st.manifests.is_empty() && st.open.is_empty()
+}
+
+/// Sends a probe out when no job is open and none is out already.
+fn probe_if_quiet(st: &mut State, prober: &idle::Prober) {
+    if quiet(st) && !st.idle.probing {
+        st.idle.probing = true;
+        prober.start();
+    }
 }
 
 fn finish(st: &mut State, id: &str) {

@@ -153,6 +153,34 @@ async fn the_gatherer_reads_no_results_while_no_job_is_open() {
     h.await.unwrap();
 }
 
+/// A worker that has just started idles from its first probe: results written
+/// while its gatherer was still catching up on the jobs topic, or before its
+/// gatherer held any results partition, are skipped too. (It used to idle only
+/// from the probe after both, a second in which a fresh worker under load read
+/// every result: half of a `sluice bench` saturation run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_gatherer_reads_no_results_while_no_job_is_open() {
+    let (_b, cfg) = broker(4);
+    let ((stop, h), counters) = ready_worker_counting(&cfg, "w", sluice_worker::builtin()).await;
+    let plain: Vec<_> = (0..2000).map(|i| task("noop", json!(i), None)).collect();
+    publish(&cfg, &plain).await;
+    wait_for_finished(&counters, 2000).await;
+    // Long enough for a gatherer that reads them to have read them all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = counters
+        .gathered_results
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read < 20,
+        "a fresh gatherer read {read} of 2000 results without any job open"
+    );
+    // And it still gathers.
+    let (job, _) = run_job(&cfg, &square_job("range:1..10")).await;
+    assert_eq!(job.output, Some(json!(385)), "{job:?}");
+    stop.cancel();
+    h.await.unwrap();
+}
+
 fn square_job(split: &str) -> JobSpec {
     JobSpec {
         id: None,
