@@ -3,8 +3,10 @@
 //! librdkafka expects one thread to keep polling (heartbeats, rebalances and
 //! `max.poll.interval.ms` depend on it), and rebalance callbacks run inside that
 //! poll. So the consumer lives on a dedicated OS thread that never waits on task
-//! execution: it hands each record to the lanes, which start it as a task
-//! (never blocking), and completions come back over a channel. When too many tasks are buffered the thread waits for completions
+//! execution: it hands the records it takes to the lanes, which start them
+//! (never blocking), and completions come back over a channel. Records that
+//! librdkafka already holds are taken in one turn and handed over together
+//! ([`TAKE_AT_MOST`]): one wake-up of the runtime per turn, not per record. When too many tasks are buffered the thread waits for completions
 //! instead of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
 //! partitions and keeps polling instead of blocking.
 //!
@@ -280,6 +282,35 @@ impl WorkerContext {
         }
     }
 
+    /// Starts tracking the records of a turn, just before they are handed out,
+    /// and drops those whose partition was revoked (or revoked and assigned
+    /// again) since they were taken: a revoke served while they waited did not
+    /// count them, so the commit it made stopped below them and their partition's
+    /// next owner runs them.
+    fn track(&self, taken: &mut Vec<Incoming>) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let mut tp: Tp = (String::new(), 0);
+        taken.retain(|inc| {
+            if *tp.0 != *inc.topic {
+                tp.0.clear();
+                tp.0.push_str(&inc.topic);
+            }
+            tp.1 = inc.partition;
+            let Some(progress) = st.tracker.get_mut(&tp, inc.epoch) else {
+                st.handed_out -= 1;
+                if let Some(n) = st.by_topic.get_mut(&inc.topic) {
+                    *n -= 1;
+                }
+                return false;
+            };
+            if let Some(expected) = progress.start(inc.offset) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = inc.offset, "offset gap: records were not handed out");
+            }
+            true
+        });
+    }
+
     /// Waits until none of `tps` has tasks in flight, or until `deadline`.
     fn drain(
         &self,
@@ -441,6 +472,10 @@ fn render(tps: &[Tp]) -> String {
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long one wait for room in a full buffer lasts.
 const FULL_WAIT: Duration = Duration::from_millis(5);
+/// Records taken from librdkafka's queue before they are handed over. It only
+/// bounds the wait of a turn's first record: a turn ends as soon as the queue
+/// is empty.
+const TAKE_AT_MOST: usize = 64;
 
 /// Partitions asked for watermarks to wake their brokers' fetchers after a resume.
 const WAKE_PARTITIONS: usize = 16;
@@ -488,11 +523,12 @@ fn read_ahead(handed_out: usize, limits: &PollLimits) -> usize {
     handed_out.saturating_sub(limits.awaiting_ack.load(Ordering::Relaxed))
 }
 
-/// Runs until `stop`, then drains and commits. Owns the consumer. Every record
-/// it takes goes to `hand_out`, which must not block (it starts the task).
+/// Runs until `stop`, then drains and commits. Owns the consumer. The records
+/// it takes go to `hand_out`, which must not block (it starts their tasks) and
+/// must leave the vector empty; it is called before the thread waits.
 pub(crate) fn poll_loop(
     consumer: BaseConsumer<WorkerContext>,
-    mut hand_out: impl FnMut(Incoming),
+    mut hand_out: impl FnMut(&mut Vec<Incoming>),
     stop: CancellationToken,
     limits: PollLimits,
 ) -> PollReport {
@@ -509,6 +545,16 @@ pub(crate) fn poll_loop(
     let mut last_error: Option<(String, Instant)> = None;
     // When the last poll returned: one clock read per turn of the loop.
     let mut polled_at = Instant::now();
+    // Taken this turn and not handed out yet: counted against the buffer, but
+    // not tracked yet, so a revoke served meanwhile does not wait for them
+    // (see `WorkerContext::track`).
+    let mut taken: Vec<Incoming> = Vec::with_capacity(TAKE_AT_MOST);
+    let mut hand_over = |taken: &mut Vec<Incoming>| {
+        if !taken.is_empty() {
+            ctx.track(taken);
+            hand_out(taken);
+        }
+    };
     while !stop.is_cancelled() {
         ctx.absorb_at(&consumer, Duration::ZERO, Some(polled_at));
         let (in_flight, new, rebalanced) = {
@@ -584,10 +630,15 @@ pub(crate) fn poll_loop(
             // partition fetches again only at its broker thread's next fetch
             // decision, up to a second later (measured: saturated workers ran in
             // one burst per second).
+            hand_over(&mut taken);
             ctx.absorb(&consumer, FULL_WAIT);
             continue;
         }
-        let wait = if paused { 5 } else { 50 };
+        let wait = match (taken.is_empty(), paused) {
+            (false, _) => 0,
+            (true, true) => 5,
+            (true, false) => 50,
+        };
         let polled = consumer.poll(Duration::from_millis(wait));
         polled_at = Instant::now();
         ctx.health.polled_at(polled_at);
@@ -607,15 +658,13 @@ pub(crate) fn poll_loop(
                 };
                 let epoch = {
                     let mut st = ctx.state();
-                    let Some((epoch, progress)) = st.tracker.current_mut(&tp) else {
+                    let Some(epoch) = st.tracker.epoch(&tp) else {
                         // Not ours (a record fetched across a revoke): never handed
                         // out, so its offset is never passed by a commit.
                         continue;
                     };
-                    let skipped = progress.start(msg.offset());
-                    if let Some(expected) = skipped {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = msg.offset(), "offset gap: records were not handed out");
-                    }
+                    // Counted when taken, so that the buffer's bounds hold a
+                    // turn's records too.
                     st.handed_out += 1;
                     // Counted by topic only for the lanes' own budgets.
                     if !limits.lane_topics.is_empty() {
@@ -639,7 +688,10 @@ pub(crate) fn poll_loop(
                     arrival: arrivals,
                 };
                 arrivals += 1;
-                hand_out(inc);
+                taken.push(inc);
+                if taken.len() >= TAKE_AT_MOST {
+                    hand_over(&mut taken);
+                }
             }
             Some(Err(e)) => {
                 let text = e.to_string();
@@ -651,9 +703,12 @@ pub(crate) fn poll_loop(
                     last_error = Some((text, Instant::now()));
                 }
             }
-            None => {}
+            None => hand_over(&mut taken),
         }
     }
+    // Taken before the stop: admission refuses them now and they complete as
+    // not run, which the drain below waits for.
+    hand_over(&mut taken);
     // Shutdown: fetch nothing more, let in-flight tasks finish, commit, leave.
     ctx.health.stopping();
     set_paused(&consumer, true, |_| true);
@@ -745,5 +800,66 @@ fn set_paused(consumer: &BaseConsumer<WorkerContext>, pause: bool, which: impl F
     };
     if let Err(e) = r {
         tracing::warn!(error = %e, pause, "could not change partition pause state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Counters;
+
+    fn record(topic: &Arc<str>, partition: i32, offset: i64, epoch: u64) -> Incoming {
+        Incoming {
+            topic: topic.clone(),
+            partition,
+            offset,
+            key: None,
+            value: None,
+            timestamp_ms: None,
+            trace: None,
+            epoch,
+            arrival: 0,
+        }
+    }
+
+    /// Records wait in a turn's batch untracked; a revoke (here: revoked and
+    /// assigned again, under a new epoch) served meanwhile committed below them,
+    /// so they must not be handed out: the partition's next owner runs them.
+    #[test]
+    fn a_turns_records_of_a_partition_revoked_meanwhile_are_not_handed_out() {
+        let (_tx, rx) = mpsc::channel();
+        let admission = Arc::new(Admission::new(
+            CancellationToken::new(),
+            Arc::new(Counters::default()),
+        ));
+        let ctx = WorkerContext::new(
+            rx,
+            admission,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+            Arc::new(Health::default()),
+        );
+        let topic: Arc<str> = Arc::from("tasks");
+        {
+            let mut st = ctx.state();
+            st.tracker.assign(("tasks".into(), 0), 1);
+            st.tracker.assign(("tasks".into(), 1), 2);
+        }
+        let mut taken = vec![
+            record(&topic, 0, 10, 1),
+            record(&topic, 1, 20, 1),
+            record(&topic, 0, 11, 1),
+        ];
+        // As the poll loop counts them when it takes them.
+        ctx.state().handed_out = 3;
+        ctx.track(&mut taken);
+        let kept: Vec<(i32, i64)> = taken.iter().map(|i| (i.partition, i.offset)).collect();
+        assert_eq!(kept, [(0, 10), (0, 11)], "partition 1 is under epoch 2 now");
+        let st = ctx.state();
+        assert_eq!(st.handed_out, 2);
+        let p0 = st.tracker.get(&("tasks".into(), 0)).unwrap();
+        assert_eq!((p0.in_flight(), p0.committable()), (2, Some(10)));
+        let p1 = st.tracker.get(&("tasks".into(), 1)).unwrap();
+        assert_eq!((p1.in_flight(), p1.committable()), (0, None));
     }
 }

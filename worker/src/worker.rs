@@ -259,7 +259,7 @@ pub async fn run_with(
     let mut poller = {
         let lanes = lanes.clone();
         tokio::task::spawn_blocking(move || {
-            poll_loop(consumer, |inc| lanes.submit(inc), stop, limits)
+            poll_loop(consumer, |taken| lanes.submit(taken), stop, limits)
         })
     };
 
