@@ -15,7 +15,7 @@
 
 use crate::counters::Counters;
 use crate::tracker::Tp;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ type Gates = HashMap<String, HashMap<i32, PartitionGate>>;
 impl Admission {
     pub fn new(stopping: CancellationToken, counters: Arc<Counters>) -> Self {
         Admission {
-            gates: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::default()),
             stopping,
             counters,
         }

@@ -21,6 +21,7 @@ use crate::writer::PendingResult;
 use futures::FutureExt;
 use serde_json::Value;
 use sluice_common::config::WorkerConfig;
+use sluice_common::metrics::KindMetrics;
 use sluice_common::task::now_ms;
 use sluice_common::{Coordinates, Metrics, Status, Task, TaskResult, TraceContext};
 use std::panic::AssertUnwindSafe;
@@ -36,6 +37,8 @@ pub(crate) enum Outcome {
     Finished {
         result: Box<TaskResult>,
         dead_letter: Option<String>,
+        /// The series of the result's kind, looked up once per record.
+        labels: Arc<KindMetrics>,
     },
     /// The next attempt, for the retry topic.
     Requeue(Box<Task>),
@@ -95,14 +98,16 @@ impl Executor {
         let mut task = match Task::decode(inc.value.as_deref(), self.cfg.max_task_bytes) {
             Ok(t) => t,
             Err(e) => {
-                self.metrics.task_received(&self.metrics.kind(""));
+                let labels = self.metrics.kind("");
+                self.metrics.task_received(&labels);
                 if !self.admit(inc) {
                     return None;
                 }
                 let id = origin.derived_id();
                 tracing::warn!(error = %e, task.id = %id, "unreadable task record");
                 let now = now_ms();
-                return Some(self.give_up_on(&origin, id, None, (now, now), e.to_string()));
+                let why = e.to_string();
+                return Some(self.give_up_on(&origin, id, None, (now, now), why, labels));
             }
         };
         let labels = self.metrics.kind(&task.kind);
@@ -119,7 +124,7 @@ impl Executor {
                 }
                 tracing::warn!(error = %why, task.id = %id, "task can never run on this worker");
                 let now = now_ms();
-                return Some(self.give_up_on(&origin, id, Some(&task), (now, now), why));
+                return Some(self.give_up_on(&origin, id, Some(&task), (now, now), why, labels));
             }
         };
         if let Some(at) = task.not_before_ms {
@@ -177,6 +182,7 @@ impl Executor {
                 return Some(Outcome::Finished {
                     result: Box::new(r),
                     dead_letter: None,
+                    labels,
                 });
             }
             if let Some(deadline) = task.deadline_ms.filter(|d| now_ms() > *d) {
@@ -190,6 +196,7 @@ impl Executor {
                 return Some(Outcome::Finished {
                     result: Box::new(r),
                     dead_letter: None,
+                    labels,
                 });
             }
             let attempt = task.attempt();
@@ -216,11 +223,12 @@ impl Executor {
                     return Some(Outcome::Finished {
                         result: Box::new(r),
                         dead_letter: None,
+                        labels,
                     });
                 }
                 Err(HandlerError::Permanent(e)) => {
                     tracing::warn!(error = %e, "task failed permanently");
-                    return Some(self.give_up_on(&origin, id, Some(&task), times, e));
+                    return Some(self.give_up_on(&origin, id, Some(&task), times, e, labels));
                 }
                 Err(HandlerError::Retryable(e)) => e,
             };
@@ -231,7 +239,7 @@ impl Executor {
                 } else {
                     error
                 };
-                return Some(self.give_up_on(&origin, id, Some(&task), times, why));
+                return Some(self.give_up_on(&origin, id, Some(&task), times, why, labels));
             }
             task.payload = Task::decode(inc.value.as_deref(), usize::MAX)
                 .map(|t| t.payload)
@@ -275,8 +283,8 @@ impl Executor {
             Outcome::Finished {
                 result,
                 dead_letter,
+                labels,
             } => {
-                let labels = self.metrics.kind(&result.kind);
                 let parked = match &dead_letter {
                     // Once the valve tripped, records are handed back, not parked:
                     // stopping is the point, and they run again after a fix.
@@ -340,6 +348,7 @@ impl Executor {
         task: Option<&Task>,
         times: (u64, u64),
         error: String,
+        labels: Arc<KindMetrics>,
     ) -> Outcome {
         let status = if self.cfg.dead_letters {
             Status::DeadLettered
@@ -351,6 +360,7 @@ impl Executor {
         Outcome::Finished {
             result: Box::new(r),
             dead_letter: self.cfg.dead_letters.then_some(error),
+            labels,
         }
     }
 
@@ -374,10 +384,11 @@ impl Executor {
             kind: task.kind.clone(),
             payload,
             attempt: task.attempt(),
-            key: inc
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            // Most keys are UTF-8: checked in one pass, not decoded in chunks.
+            key: inc.key.as_ref().map(|k| match std::str::from_utf8(k) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(k).into_owned(),
+            }),
             job: task.job.clone(),
         };
         let run = AssertUnwindSafe(handler.handle(ctx)).catch_unwind();

@@ -8,7 +8,8 @@
 //! will not run here because the partition was revoked or the worker is stopping)
 //! pin the position so the next owner runs them.
 
-use std::collections::{BTreeSet, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeSet;
 
 /// Progress of one partition under one assignment.
 #[derive(Debug, Default, Clone)]
