@@ -14,14 +14,16 @@
 //!   [`OTHER_KIND`]. Records that are not tasks count as [`UNREADABLE_KIND`].
 //! - `status` is one of the four result statuses, `event` is `assigned` or
 //!   `revoked`, `state` (of a job) is `succeeded` or `failed`.
-//! - `topic`/`partition` name only partitions assigned to this worker, and
-//!   `broker` the brokers of the cluster.
+//! - `topic`/`partition` name only partitions assigned to this worker (or, with
+//!   no `partition`, topics it consumes), and `broker` the brokers of the
+//!   cluster; `gap` is `single` or `range` (see `gaps`).
 //! - No metric carries the worker id: Prometheus adds `instance` to every series.
 //!   `sluice_worker_info{worker, group}` maps an instance to its worker id.
 //!
 //! Hot paths (per task) use [`KindMetrics`], label handles resolved once per
 //! kind and kept in a small cache, so counting is an atomic add.
 
+mod gaps;
 mod kinds;
 mod publish;
 mod scheduler;
@@ -80,6 +82,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     buffered: IntGauge,
     abandoned: IntCounter,
+    gaps: gaps::GapMetrics,
     partitions_assigned: IntGauge,
     partitions_paused: IntGauge,
     rebalances: IntCounterVec,
@@ -240,6 +243,7 @@ impl Metrics {
             "sluice_tasks_abandoned_total",
             "Records handed back unrun because their partition was revoked or the worker stopped; their next owner runs them.",
         );
+        let gaps = gaps::GapMetrics::register(&mut b);
         let partitions_assigned = b.gauge(
             "sluice_partitions_assigned",
             "Partitions (task and retry topics) assigned to this worker.",
@@ -319,6 +323,7 @@ impl Metrics {
             in_flight,
             buffered,
             abandoned,
+            gaps,
             partitions_assigned,
             partitions_paused,
             rebalances,

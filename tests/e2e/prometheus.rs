@@ -56,7 +56,7 @@ fn promtool_accepts_the_config_the_rules_and_the_rule_tests() {
     let out = tool("promtool", &["check", "config", &at("prometheus.yml")]);
     assert!(out.contains("SUCCESS"), "{out}");
     let out = tool("promtool", &["check", "rules", &at("alerts.yml")]);
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     let out = tool("promtool", &["test", "rules", &at("alerts_test.yml")]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -360,7 +360,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 6, "{groups}");
+    assert_eq!(rules.len(), 7, "{groups}");
     for r in rules {
         assert_eq!(r["health"], "ok", "{r}");
     }

@@ -305,7 +305,7 @@ impl WorkerContext {
                 return false;
             };
             if let Some(expected) = progress.start(inc.offset) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = inc.offset, "offset gap: records were not handed out");
+                crate::gap::skipped(&self.metrics, &tp, expected, inc.offset);
             }
             true
         });
@@ -430,13 +430,15 @@ impl ConsumerContext for WorkerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let tps: Vec<Tp> = tpl
                 .elements()
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
+            // Before the first record: what a record past it has skipped.
+            let committed = crate::gap::committed(consumer, &tps);
             let mut st = self.state();
             for tp in &tps {
                 if st.tracker.epoch(tp).is_none() {
@@ -444,6 +446,11 @@ impl ConsumerContext for WorkerContext {
                     st.next_epoch += 1;
                     st.tracker.assign(tp.clone(), epoch);
                     self.admission.open(tp.clone(), epoch);
+                }
+            }
+            for (tp, offset) in committed {
+                if let Some((_, progress)) = st.tracker.current_mut(&tp) {
+                    progress.resume_at(offset);
                 }
             }
             st.newly_assigned.extend(tps.iter().cloned());

@@ -35,6 +35,8 @@
 //! - [`builtin`](mod@builtin): built-in kinds (`noop`, `echo`, `sleep`, `cpu`, `fail`, `square`, `words`).
 //! - [`external`]: kinds served by external programs.
 //! - [`tracker`]: the offset tracker.
+//! - `gap`: offsets never handed out (records deleted before they were read),
+//!   counted and logged.
 //! - [`counters`]: live [`Counters`] of a running worker.
 //! - `consumer`: the poll thread and rebalance handling.
 //! - `admission`: which handed-out tasks may still start when a partition closes.
@@ -58,6 +60,7 @@ pub mod counters;
 mod ended_jobs;
 mod execute;
 pub mod external;
+mod gap;
 pub(crate) mod gatherer;
 pub mod handler;
 mod lanes;

@@ -7,6 +7,13 @@
 //! past the highest offset seen when all are done. Abandoned offsets (tasks that
 //! will not run here because the partition was revoked or the worker is stopping)
 //! pin the position so the next owner runs them.
+//!
+//! The tracker also notices offsets that were never handed out: a record whose
+//! offset is past the one expected (one past the last record handed out, or, for
+//! the first record of an assignment, the group's committed offset). Kafka leaves
+//! such gaps when it deleted records by retention before anyone read them, and
+//! also where nothing was lost (transaction markers, compaction): `gap` tells
+//! them apart and reports them.
 
 use foldhash::HashMap;
 use std::collections::BTreeSet;
@@ -18,14 +25,25 @@ pub struct PartitionProgress {
     abandoned: BTreeSet<i64>,
     next: Option<i64>,
     stored: Option<i64>,
+    /// Where the group's committed offset says this assignment resumes: what
+    /// the first record is compared with, before there is a `next`.
+    resume: Option<i64>,
 }
 
 impl PartitionProgress {
+    /// The partition resumes at `offset` (the group's committed offset): the
+    /// first record handed out is expected there.
+    pub fn resume_at(&mut self, offset: i64) {
+        self.resume = Some(offset);
+    }
+
     /// Records that `offset` was handed out for execution. Returns the offset
     /// that was expected instead when records between were never handed out.
+    /// Per record this is one comparison: the resume point was learned at
+    /// assignment.
     pub fn start(&mut self, offset: i64) -> Option<i64> {
         self.outstanding.insert(offset);
-        let skipped = self.next.filter(|n| *n < offset);
+        let skipped = self.next.or(self.resume).filter(|n| *n < offset);
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
         skipped
     }
@@ -160,6 +178,52 @@ mod tests {
         t.assign(tp.clone(), 2);
         assert!(t.get_mut(&tp, 1).is_none());
         assert_eq!(t.get(&tp).unwrap().committable(), None);
+    }
+
+    #[test]
+    fn a_gap_is_reported_mid_stream_and_at_the_first_record_after_the_committed_offset() {
+        let mut p = PartitionProgress::default();
+        assert_eq!(p.start(7), None, "no commit, no expectation");
+        assert_eq!(p.start(8), None);
+        assert_eq!(p.start(12), Some(9), "9..=11 never handed out");
+        assert_eq!(p.start(13), None);
+
+        let mut resumed = PartitionProgress::default();
+        resumed.resume_at(100);
+        assert_eq!(
+            resumed.start(4_000),
+            Some(100),
+            "resumed past the committed offset: 100..=3999 were deleted"
+        );
+        assert_eq!(resumed.start(4_001), None);
+        resumed.finish(4_000);
+        resumed.finish(4_001);
+        assert_eq!(
+            resumed.committable(),
+            Some(4_002),
+            "the gap does not hold the position back"
+        );
+
+        let mut on_time = PartitionProgress::default();
+        on_time.resume_at(100);
+        assert_eq!(on_time.start(100), None);
+        let mut rewound = PartitionProgress::default();
+        rewound.resume_at(100);
+        assert_eq!(
+            rewound.start(0),
+            None,
+            "starting before the committed offset skips nothing"
+        );
+        let idle = {
+            let mut p = PartitionProgress::default();
+            p.resume_at(100);
+            p
+        };
+        assert_eq!(
+            idle.committable(),
+            None,
+            "a resume point alone is nothing to commit"
+        );
     }
 
     proptest! {

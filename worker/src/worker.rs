@@ -162,6 +162,7 @@ pub async fn run_with(
     consumer
         .subscribe(&subscription)
         .map_err(sluice_common::Error::client)?;
+    metrics.topics_consumed(&subscription);
     tracing::info!(worker.id = %worker_id, group = %w.group, topics = %consumed.join(","), concurrency = w.concurrency, ordering = ?w.ordering, kinds = %registry.kinds().join(","), metrics = metrics_url.as_deref().unwrap_or("off"), "worker started");
 
     let ended_jobs = Arc::new(EndedJobs::default());

@@ -4,5 +4,6 @@
 mod jobs;
 mod pipeline;
 mod reliability;
+mod retention;
 mod scheduling;
 mod support;
