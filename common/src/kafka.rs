@@ -13,7 +13,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{FutureProducer, Partitioner, Producer, ProducerContext, ThreadedProducer};
 use std::time::Duration;
 
 /// Settings every client shares.
@@ -103,11 +103,15 @@ fn statistics(c: &mut ClientConfig, cfg: &Config) {
 /// The producer of a worker's results, retries and dead letters: a
 /// [`producer_config`] producer with statistics when metrics want them, whose
 /// `context` handles delivery reports (and feeds the statistics to the metrics).
-pub fn worker_producer<C: ProducerContext>(
+pub fn worker_producer<C, Part>(
     cfg: &Config,
     client_id: &str,
     context: C,
-) -> Result<ThreadedProducer<C>, Error> {
+) -> Result<ThreadedProducer<C, Part>, Error>
+where
+    C: ProducerContext<Part>,
+    Part: Partitioner + Send + Sync + 'static,
+{
     let mut c = producer_config(cfg, client_id);
     statistics(&mut c, cfg);
     // Applied again so that a raw statistics.interval.ms still wins.

@@ -14,7 +14,7 @@ use crate::lanes::Lanes;
 use crate::outbox::Outbox;
 use crate::scheduler::Scheduler;
 use crate::valve::Valve;
-use crate::writer::{Writer, WriterContext};
+use crate::writer::{KeyPartitioner, Writer, WriterContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use sluice_common::routing::Routes;
@@ -137,6 +137,9 @@ pub async fn run_with(
             completions: done_tx.clone(),
             awaiting_ack: awaiting_ack.clone(),
             redo: redo_tx,
+            // A `partitioner` set in the configuration is librdkafka's to apply.
+            partitioner: (!cfg.kafka.librdkafka_options.contains_key("partitioner"))
+                .then_some(KeyPartitioner),
         },
     )?);
     // The caller's token, or the safety valve, stops the worker.
