@@ -51,6 +51,9 @@ impl HandlerError {
 /// `handle` is called once per attempt, on a Tokio worker thread, with at most
 /// `worker.concurrency` calls in flight per worker process. It must not block the
 /// thread: CPU-heavy or blocking work belongs in `tokio::task::spawn_blocking`.
+/// (The records of one poll turn start one after another on one thread, each
+/// until it first waits: a handler that computes for long without awaiting
+/// also holds back the start of the records behind it.)
 /// A panic is caught and reported as a failed task; it does not take the worker down.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
