@@ -6,8 +6,9 @@
 //! execution: it hands the records it takes to the lanes, which start them
 //! (never blocking), and completions come back over a channel. Records that
 //! librdkafka already holds are taken in one turn and handed over together
-//! ([`TAKE_AT_MOST`]): one wake-up of the runtime per turn, not per record. When too many tasks are buffered the thread waits for completions
-//! instead of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
+//! ([`TAKE_AT_MOST`]): one wake-up of the runtime per turn, not per record.
+//! When too many tasks are buffered the thread waits for completions instead
+//! of fetching more, and if none comes for [`PAUSE_AFTER`] it pauses its
 //! partitions and keeps polling instead of blocking.
 //!
 //! With several lane topics (priority lanes, the long-task lane) each lane topic
