@@ -20,6 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
+    PARTITION_UA,
 };
 use sluice_common::kafka::WriteCheck;
 use sluice_common::metrics::KindMetrics;
@@ -169,12 +170,10 @@ impl Partitioner for KeyPartitioner {
         partition_cnt: i32,
         available: impl Fn(i32) -> bool,
     ) -> i32 {
-        let Ok(count) = u32::try_from(partition_cnt) else {
-            return -1;
+        let count = match u32::try_from(partition_cnt) {
+            Ok(n) if n > 0 => n,
+            _ => return PARTITION_UA,
         };
-        if count == 0 {
-            return -1;
-        }
         match key.filter(|k| !k.is_empty()) {
             Some(k) => (crc32fast::hash(k) % count) as i32,
             // As librdkafka's random choice: one more draw if the first
@@ -341,7 +340,8 @@ mod tests {
 
     #[test]
     fn without_a_partition_count_there_is_no_choice() {
-        assert_eq!(KeyPartitioner.partition("t", Some(b"k"), 0, |_| true), -1);
+        let none = KeyPartitioner.partition("t", Some(b"k"), 0, |_| true);
+        assert_eq!(none, PARTITION_UA);
         let p = KeyPartitioner.partition("t", None, 3, |_| true);
         assert!((0..3).contains(&p));
     }

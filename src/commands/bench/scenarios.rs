@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 const LATENCY_LEVELS: [u32; 3] = [10, 50, 80];
 /// The scale-out scenario's offered rate, over its measured bound.
 const OFFERED_OVER_BOUND: f64 = 1.5;
-
 /// Worker counts of the scale-out scenario.
 const SCALE_STEPS: [usize; 3] = [1, 2, 4];
 /// Timeline window of the add-worker scenario.
