@@ -238,11 +238,7 @@ impl WorkerContext {
             if let Some(n) = st.by_topic.get_mut(&c.topic) {
                 *n -= 1;
             }
-            if *tp.0 != *c.topic {
-                tp.0.clear();
-                tp.0.push_str(&c.topic);
-            }
-            tp.1 = c.partition;
+            point(&mut tp, &c.topic, c.partition);
             if let Some(p) = st.tracker.get_mut(&tp, c.epoch) {
                 if c.done {
                     p.finish(c.offset);
@@ -293,11 +289,7 @@ impl WorkerContext {
         let st = &mut *guard;
         let mut tp: Tp = (String::new(), 0);
         taken.retain(|inc| {
-            if *tp.0 != *inc.topic {
-                tp.0.clear();
-                tp.0.push_str(&inc.topic);
-            }
-            tp.1 = inc.partition;
+            point(&mut tp, &inc.topic, inc.partition);
             let Some(progress) = st.tracker.get_mut(&tp, inc.epoch) else {
                 st.handed_out -= 1;
                 if let Some(n) = st.by_topic.get_mut(&inc.topic) {
@@ -652,11 +644,7 @@ pub(crate) fn poll_loop(
         ctx.health.polled_at(polled_at);
         match polled {
             Some(Ok(msg)) => {
-                if tp.0 != msg.topic() {
-                    tp.0.clear();
-                    tp.0.push_str(msg.topic());
-                }
-                tp.1 = msg.partition();
+                point(&mut tp, msg.topic(), msg.partition());
                 let topic = match topics.iter().find(|t| ***t == *msg.topic()) {
                     Some(t) => t.clone(),
                     None => {
@@ -745,6 +733,16 @@ pub(crate) fn poll_loop(
     PollReport {
         unfinished_at_shutdown: unfinished,
     }
+}
+
+/// Points the reused lookup key `tp` at `partition` of `topic`, copying the
+/// topic's name only when it changed: no allocation per record.
+fn point(tp: &mut Tp, topic: &str, partition: i32) {
+    if tp.0 != topic {
+        tp.0.clear();
+        tp.0.push_str(topic);
+    }
+    tp.1 = partition;
 }
 
 /// The record's trace context (see `sluice_common::trace`).
